@@ -1,0 +1,31 @@
+"""ismkernel: exact, fast in-silico saturation mutagenesis of convolutional
+sequence models, read from weight files, with no deep-learning framework."""
+
+from ismkernel.errors import (
+    BackendUnavailableError,
+    InputError,
+    IsmkernelError,
+    IsmkernelWarning,
+    ModelFileError,
+    ShapeError,
+    UnsupportedLayerError,
+)
+from ismkernel.ism import IsmResult, ism
+from ismkernel.model import Model, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "InputError",
+    "IsmResult",
+    "IsmkernelError",
+    "IsmkernelWarning",
+    "Model",
+    "ModelFileError",
+    "ShapeError",
+    "UnsupportedLayerError",
+    "__version__",
+    "ism",
+    "load_model",
+]

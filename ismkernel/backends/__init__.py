@@ -1,0 +1,23 @@
+"""Executors. ``reference`` is dense NumPy, the specification of the others."""
+
+from __future__ import annotations
+
+from ismkernel.errors import BackendUnavailableError
+
+__all__ = ["BACKENDS", "resolve_backend"]
+
+#: Backends this version implements.
+BACKENDS = ("reference",)
+
+
+def resolve_backend(name: str) -> str:
+    """The backend to run for ``name`` (``"auto"`` picks the best available)."""
+    if name == "auto":
+        return "reference"
+    if name not in BACKENDS:
+        planned = {"cpu", "cuda"}
+        why = " is not implemented in this version" if name in planned else " is unknown"
+        raise BackendUnavailableError(
+            f"backend {name!r}{why}; available: {', '.join(BACKENDS + ('auto',))}"
+        )
+    return name

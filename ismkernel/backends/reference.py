@@ -1,0 +1,340 @@
+"""The reference backend: a dense NumPy forward pass and naive ISM.
+
+This is the executable specification every other backend is tested against.
+Each op is written the plain way, in the order of TensorFlow's arithmetic
+where that is cheap to follow (batch norm, merges), so it matches Keras to
+float32 rounding. Nothing here is incremental.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ismkernel import config
+from ismkernel.ir import Graph, Node, conv_padding, pool_padding
+from ismkernel.ir import nodes as ops
+
+__all__ = ["forward", "naive_ism", "default_batch_size", "apply_activation"]
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_erf_ufunc = None
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # NumPy has no erf; a Numba ufunc over math.erf is exact to the libm value.
+    global _erf_ufunc
+    if _erf_ufunc is None:
+        import numba
+
+        @numba.vectorize(["float32(float32)", "float64(float64)"], cache=False)
+        def erf(v):
+            return math.erf(v)
+
+        _erf_ufunc = erf
+    return _erf_ufunc(x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _relu(x: np.ndarray, op: ops.Activation) -> np.ndarray:
+    # Keras's relu(x, negative_slope, max_value, threshold), step for step.
+    slope, max_value, threshold = op.negative_slope, op.max_value, op.threshold
+    if slope != 0 and max_value is None and threshold == 0:
+        return np.where(x > 0, x, x * x.dtype.type(slope))
+    zero = x.dtype.type(0)
+    if slope != 0:
+        negative = np.maximum(x.dtype.type(threshold) - x, zero)
+    if threshold != 0:
+        y = np.where(x > threshold, x, zero)
+    else:
+        y = np.maximum(x, zero)
+    if max_value is not None:
+        y = np.clip(y, zero, x.dtype.type(max_value))
+    if slope != 0:
+        y = y - x.dtype.type(slope) * negative
+    return y
+
+
+def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
+    """Apply a pointwise activation to ``x`` (any shape, float dtype)."""
+    t = x.dtype.type
+    fn = op.fn
+    if fn == "linear":
+        return x
+    if fn == "relu":
+        return _relu(x, op)
+    if fn == "elu":
+        neg = np.expm1(np.minimum(x, t(0)))
+        return np.where(x > 0, x, neg if op.alpha == 1 else t(op.alpha) * neg)
+    if fn == "selu":
+        return t(_SELU_SCALE) * np.where(
+            x > 0, x, t(_SELU_ALPHA) * np.expm1(np.minimum(x, t(0)))
+        )
+    if fn == "gelu":
+        if op.approximate:
+            inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x**3)
+            return t(0.5) * x * (t(1) + np.tanh(inner))
+        return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2))))
+    if fn in ("hard_sigmoid", "hard_silu"):
+        if op.alpha == 1 / 6:  # Keras 3: relu6(x + 3) / 6
+            h = np.clip(x + t(3), t(0), t(6)) / t(6)
+        else:  # Keras 2: clip(0.2 x + 0.5, 0, 1)
+            h = np.clip(x * t(op.alpha) + t(0.5), t(0), t(1))
+        return h if fn == "hard_sigmoid" else x * h
+    if fn == "sigmoid":
+        return _sigmoid(x)
+    if fn == "tanh":
+        return np.tanh(x)
+    if fn == "softplus":
+        return np.logaddexp(t(0), x)
+    if fn == "softsign":
+        return x / (t(1) + np.abs(x))
+    if fn == "exponential":
+        return np.exp(x)
+    if fn == "silu":
+        return x * _sigmoid(x)
+    if fn == "mish":
+        return x * np.tanh(np.logaddexp(t(0), x))
+    if fn in ("softmax", "log_softmax"):
+        axis = op.axis + 1 if op.axis >= 0 else op.axis  # per sample -> batch
+        shifted = x - np.max(x, axis=axis, keepdims=True)
+        e = np.exp(shifted)
+        total = np.sum(e, axis=axis, keepdims=True)
+        return e / total if fn == "softmax" else shifted - np.log(total)
+    raise ValueError(f"unknown activation {fn!r}")
+
+
+def _taps(x_pad: np.ndarray, start: int, count: int, step: int) -> np.ndarray:
+    """Rows ``start, start + step, ...`` (``count`` of them) along axis 1."""
+    return x_pad[:, start : start + (count - 1) * step + 1 : step]
+
+
+def _conv1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    op: ops.Conv1D = node.op
+    x = xs[0]
+    n_seqs, seq_len, n_channels = x.shape
+    left, right, out_len = conv_padding(
+        seq_len, op.kernel_size, op.stride, op.dilation, op.padding
+    )
+    x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    kernel = node.weights["kernel"].astype(x.dtype, copy=False)
+    cg = n_channels // op.groups
+    fg = op.n_filters // op.groups
+    out = np.zeros((n_seqs, out_len, op.n_filters), dtype=x.dtype)
+    for k in range(op.kernel_size):
+        rows = _taps(x_pad, k * op.dilation, out_len, op.stride)
+        for g in range(op.groups):
+            out[..., g * fg : (g + 1) * fg] += (
+                rows[..., g * cg : (g + 1) * cg] @ kernel[k, :, g * fg : (g + 1) * fg]
+            )
+    if op.use_bias:
+        out += node.weights["bias"].astype(x.dtype, copy=False)
+    return out
+
+
+def _pool1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    op: ops.Pool1D = node.op
+    x = xs[0]
+    left, right, out_len = pool_padding(x.shape[1], op.pool_size, op.stride, op.padding)
+    if op.mode == "max":
+        x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)), constant_values=-np.inf)
+        out = _taps(x_pad, 0, out_len, op.stride)
+        for j in range(1, op.pool_size):
+            out = np.maximum(out, _taps(x_pad, j, out_len, op.stride))
+        return out
+    x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    valid = np.pad(np.ones(x.shape[1], dtype=x.dtype), (left, right))[None, :, None]
+    total = _taps(x_pad, 0, out_len, op.stride)
+    count = _taps(valid, 0, out_len, op.stride)
+    for j in range(1, op.pool_size):
+        total = total + _taps(x_pad, j, out_len, op.stride)
+        count = count + _taps(valid, j, out_len, op.stride)
+    return total / count
+
+
+def _merge(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    mode = node.op.mode
+    if mode == "subtract":
+        return xs[0] - xs[1]
+    combine = {
+        "add": np.add,
+        "average": np.add,
+        "multiply": np.multiply,
+        "maximum": np.maximum,
+        "minimum": np.minimum,
+    }[mode]
+    out = xs[0]
+    for x in xs[1:]:
+        out = combine(out, x)
+    if mode == "average":
+        out = out / out.dtype.type(len(xs))
+    return out
+
+
+def _layer_norm(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    op: ops.LayerNorm = node.op
+    x = xs[0]
+    t = x.dtype.type
+    mean = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean(np.square(x - mean), axis=-1, keepdims=True)
+    inv = t(1) / np.sqrt(var + t(op.epsilon))
+    if op.scale:
+        inv = inv * node.weights["gamma"].astype(x.dtype, copy=False)
+    shift = -mean * inv
+    if op.center:
+        shift = node.weights["beta"].astype(x.dtype, copy=False) + shift
+    return x * inv + shift
+
+
+def _prelu(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    x = xs[0]
+    alpha = node.weights["alpha"].astype(x.dtype, copy=False)
+    zero = x.dtype.type(0)
+    return np.maximum(x, zero) - alpha * np.maximum(-x, zero)
+
+
+def _affine(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    w = node.weights
+    return xs[0] * w["scale"].astype(xs[0].dtype, copy=False) + w["shift"].astype(
+        xs[0].dtype, copy=False
+    )
+
+
+def _dense(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    x = xs[0]
+    out = x @ node.weights["kernel"].astype(x.dtype, copy=False)
+    if node.op.use_bias:
+        out += node.weights["bias"].astype(x.dtype, copy=False)
+    return out
+
+
+def _flatten(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    x = xs[0]
+    if node.op.channels_first and x.ndim > 2:
+        x = np.moveaxis(x, 1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def _global_pool(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    op: ops.GlobalPool1D = node.op
+    reduce = np.max if op.mode == "max" else np.mean
+    return reduce(xs[0], axis=op.axis + 1, keepdims=op.keepdims)
+
+
+_OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
+    ops.Conv1D: _conv1d,
+    ops.Pool1D: _pool1d,
+    ops.Crop1D: lambda n, xs: xs[0][:, n.op.start : xs[0].shape[1] - n.op.end],
+    ops.ZeroPad1D: lambda n, xs: np.pad(xs[0], ((0, 0), (n.op.left, n.op.right), (0, 0))),
+    ops.UpSample1D: lambda n, xs: np.repeat(xs[0], n.op.size, axis=1),
+    ops.Activation: lambda n, xs: apply_activation(n.op, xs[0]),
+    ops.PReLU: _prelu,
+    ops.ChannelAffine: _affine,
+    ops.LayerNorm: _layer_norm,
+    ops.Merge: _merge,
+    ops.Concatenate: lambda n, xs: np.concatenate(xs, axis=n.op.axis + 1),
+    ops.Flatten: _flatten,
+    ops.Reshape: lambda n, xs: xs[0].reshape((xs[0].shape[0],) + n.op.target_shape),
+    ops.Dense: _dense,
+    ops.GlobalPool1D: _global_pool,
+}
+
+
+def forward(graph: Graph, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Dense forward pass.
+
+    Parameters
+    ----------
+    graph : Graph
+    feeds : list of ndarray
+        One array per model input, in model input order, each of shape
+        ``(n_seqs, *input_shape)`` and of the computation dtype.
+
+    Returns
+    -------
+    list of ndarray
+        One array per model output, ``(n_seqs, *output_shape)``.
+    """
+    values: dict[str, np.ndarray] = dict(zip(graph.inputs, feeds))
+    remaining = {name: 0 for name in graph.nodes}
+    for node in graph.nodes.values():
+        for src in node.inputs:
+            remaining[src] += 1
+    for name in graph.outputs:
+        remaining[name] += 1
+    for name, node in graph.nodes.items():
+        if name in values:
+            continue
+        values[name] = _OPS[type(node.op)](node, [values[i] for i in node.inputs])
+        for src in node.inputs:
+            remaining[src] -= 1
+            if remaining[src] == 0:
+                del values[src]  # keep memory to the live activations
+    return [values[name] for name in graph.outputs]
+
+
+def default_batch_size(graph: Graph, dtype: np.dtype) -> int:
+    """Samples per batch so that one batch's activations fit the budget."""
+    per_sample = sum(
+        math.prod(d or 1 for d in node.shape) for node in graph.nodes.values()
+    ) * np.dtype(dtype).itemsize
+    return int(max(config.MIN_BATCH, min(4096, config.REFERENCE_BATCH_BYTES // max(per_sample, 1))))
+
+
+def naive_ism(
+    graph: Graph,
+    feeds: Sequence[np.ndarray],
+    seq_index: int,
+    positions: np.ndarray,
+    alternatives: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Naive ISM: a full forward pass of every mutated input, in batches.
+
+    Parameters
+    ----------
+    feeds : list of ndarray
+        Model inputs of the computation dtype, ``feeds[seq_index]`` of shape
+        ``(n_seqs, seq_len, n_channels)``.
+    positions : ndarray of int64, shape (n_positions,)
+    alternatives : ndarray, shape (n_alts, n_channels), the computation dtype
+    progress : callable, optional
+        Called with the number of mutants finished after each batch.
+
+    Returns
+    -------
+    reference : list of ndarray, per output ``(n_seqs, *out_shape)``
+    outputs : list of ndarray, per output ``(n_seqs, n_positions, n_alts, *out_shape)``
+    """
+    x = feeds[seq_index]
+    n_seqs = x.shape[0]
+    n_pos, n_alts = len(positions), len(alternatives)
+    reference = forward(graph, feeds)
+    outputs = [
+        np.broadcast_to(r[:, None, None], (n_seqs, n_pos, n_alts) + r.shape[1:]).copy()
+        for r in reference
+    ]
+    # A mutant whose row already equals the alternative is the reference itself.
+    same = np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
+    seq_i, pos_i, alt_i = np.nonzero(~same)
+    for start in range(0, len(seq_i), batch_size):
+        sl = slice(start, start + batch_size)
+        s, p, a = seq_i[sl], pos_i[sl], alt_i[sl]
+        batch = [f[s] for f in feeds]
+        batch[seq_index] = batch[seq_index].copy()
+        batch[seq_index][np.arange(len(s)), positions[p]] = alternatives[a]
+        for out, y in zip(outputs, forward(graph, batch)):
+            out[s, p, a] = y
+        if progress is not None:
+            progress(len(s))
+    if progress is not None and len(same) and same.any():
+        progress(int(same.sum()))
+    return reference, outputs

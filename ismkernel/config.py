@@ -1,0 +1,20 @@
+"""Every tunable of ismkernel, in one place."""
+
+from __future__ import annotations
+
+#: Default float dtype of all computation. ``"float64"`` is available on request.
+DEFAULT_DTYPE = "float32"
+
+#: Supported computation dtypes.
+DTYPES = ("float32", "float64")
+
+#: Upper bound, in bytes, of the activations one reference batch may hold. The
+#: reference backend sizes its batches from it when the caller gives none.
+REFERENCE_BATCH_BYTES = 256 * 2**20
+
+#: Batches are never smaller than this many samples, whatever the budget says.
+MIN_BATCH = 1
+
+#: Number of channels that marks an input as the (one-hot DNA) sequence input
+#: when the caller does not name one.
+SEQUENCE_CHANNELS = 4

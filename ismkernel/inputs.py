@@ -1,0 +1,173 @@
+"""Validation of user arrays against a model, in one place, before any kernel.
+
+Every message names the argument and says what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ismkernel import config
+from ismkernel.errors import InputError, ShapeError
+from ismkernel.ir import TensorSpec
+
+__all__ = ["as_feeds", "check_dtype", "check_positions", "check_alternatives", "seq_input_index"]
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """The computation dtype; only float32 and float64 are offered."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in config.DTYPES:
+        raise InputError(f"dtype={dtype!r} is not supported; use one of {config.DTYPES}")
+    return dt
+
+
+def _as_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise InputError(
+            f"{name} is a GPU array; the reference backend takes NumPy arrays "
+            "(copy it to the host with .get())"
+        )
+    arr = np.asarray(value)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise InputError(
+            f"{name} has dtype {arr.dtype}; expected a real numeric array (float, "
+            "int or bool)"
+        )
+    arr = arr.astype(dtype, copy=False)
+    if arr.size and not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(
+            f"{name} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})"
+        )
+    return arr
+
+
+def _check_shape(arr: np.ndarray, spec: TensorSpec, name: str) -> None:
+    expected = ("n_seqs",) + tuple(spec.shape)
+    shown = "(" + ", ".join("seq_len" if d is None else str(d) for d in expected) + ")"
+    ok = arr.ndim == len(expected) and all(
+        d is None or d == a for d, a in zip(spec.shape, arr.shape[1:])
+    )
+    if not ok:
+        raise ShapeError(
+            f"{name} has shape {arr.shape} but model input '{spec.name}' expects {shown}"
+        )
+
+
+def as_feeds(
+    specs: Sequence[TensorSpec], x: Any, dtype: np.dtype, name: str = "x"
+) -> list[np.ndarray]:
+    """Arrays for the model inputs, in model input order, validated and cast.
+
+    ``x`` is an array (single-input models), a list in model input order, or a
+    dict keyed by input name.
+    """
+    if isinstance(x, Mapping):
+        names = [s.name for s in specs]
+        unknown = set(x) - set(names)
+        missing = [n for n in names if n not in x]
+        if unknown or missing:
+            raise InputError(
+                f"{name} is a dict with keys {sorted(x)}; the model inputs are {names}"
+                + (f" (missing {missing})" if missing else "")
+            )
+        values = [x[n] for n in names]
+        labels = [f"{name}[{n!r}]" for n in names]
+    elif isinstance(x, (list, tuple)):
+        if len(x) != len(specs):
+            raise InputError(
+                f"{name} is a list of {len(x)} arrays; the model has {len(specs)} "
+                f"inputs ({[s.name for s in specs]})"
+            )
+        values = list(x)
+        labels = [f"{name}[{i}]" for i in range(len(x))]
+    else:
+        if len(specs) != 1:
+            raise InputError(
+                f"the model has {len(specs)} inputs ({[s.name for s in specs]}); pass "
+                f"{name} as a list in that order or a dict by name"
+            )
+        values, labels = [x], [name]
+    feeds = []
+    for value, label, spec in zip(values, labels, specs):
+        arr = _as_array(value, label, dtype)
+        _check_shape(arr, spec, label)
+        feeds.append(arr)
+    n = {f.shape[0] for f in feeds}
+    if len(n) > 1:
+        raise ShapeError(f"the arrays of {name} hold different numbers of sequences: {sorted(n)}")
+    return feeds
+
+
+def seq_input_index(specs: Sequence[TensorSpec], seq_input: Any) -> int:
+    """Which input ISM mutates: by name or index, else the one with 4 channels."""
+    names = [s.name for s in specs]
+    if seq_input is None:
+        candidates = [
+            i for i, s in enumerate(specs) if len(s.shape) == 2 and s.shape[-1] == config.SEQUENCE_CHANNELS
+        ]
+        index = candidates[0] if len(candidates) == 1 else 0
+    elif isinstance(seq_input, str):
+        if seq_input not in names:
+            raise InputError(f"seq_input={seq_input!r} is not a model input; inputs: {names}")
+        index = names.index(seq_input)
+    elif isinstance(seq_input, (int, np.integer)) and not isinstance(seq_input, bool):
+        if not 0 <= seq_input < len(specs):
+            raise InputError(f"seq_input={seq_input} is out of range for {len(specs)} inputs")
+        index = int(seq_input)
+    else:
+        raise InputError(f"seq_input must be an input name or index, got {seq_input!r}")
+    if len(specs[index].shape) != 2:
+        raise ShapeError(
+            f"input '{names[index]}' has per-sample shape {specs[index].shape}; ISM "
+            "mutates an input of shape (seq_len, n_channels)"
+        )
+    return index
+
+
+def check_positions(positions: Any, seq_len: int) -> np.ndarray:
+    """Positions as an int64 array; None means all, a slice is resolved."""
+    if positions is None:
+        return np.arange(seq_len, dtype=np.int64)
+    if isinstance(positions, slice):
+        return np.arange(seq_len, dtype=np.int64)[positions]
+    arr = np.asarray(positions)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise InputError(
+            f"positions must be None, a slice or a 1-D integer array, got "
+            f"{arr.dtype} array of shape {arr.shape}"
+        )
+    arr = arr.astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= seq_len)]
+    if bad.size:
+        raise InputError(
+            f"positions out of range: {bad[:5].tolist()} (sequence length {seq_len}, "
+            f"valid positions 0..{seq_len - 1})"
+        )
+    return arr
+
+
+def check_alternatives(alternatives: Any, n_channels: int, dtype: np.dtype) -> np.ndarray:
+    """Alternatives as an ``(n_alts, n_channels)`` array; None means identity."""
+    if alternatives is None:
+        return np.eye(n_channels, dtype=dtype)
+    arr = _as_array(alternatives, "alternatives", dtype)
+    if arr.ndim != 2 or arr.shape[1] != n_channels or arr.shape[0] == 0:
+        raise ShapeError(
+            f"alternatives has shape {arr.shape}; expected (n_alts, {n_channels}) for "
+            f"an input with {n_channels} channels"
+        )
+    return arr

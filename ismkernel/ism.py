@@ -1,0 +1,129 @@
+"""The public :func:`ism` driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ismkernel import config
+from ismkernel.backends import reference, resolve_backend
+from ismkernel.inputs import (
+    as_feeds,
+    check_alternatives,
+    check_dtype,
+    check_positions,
+    seq_input_index,
+)
+from ismkernel.model import Model, _check_batch_size
+
+__all__ = ["ism", "IsmResult"]
+
+
+@dataclass
+class IsmResult:
+    """Results of in-silico saturation mutagenesis.
+
+    Attributes
+    ----------
+    reference : list of ndarray
+        Per model output, the unmutated predictions, ``(n_seqs, *out_shape)``.
+    outputs : list of ndarray
+        Per model output, ``(n_seqs, n_positions, n_alts, *out_shape)``:
+        ``outputs[k][n, p, a]`` is output ``k`` for sequence ``n`` with row
+        ``positions[p]`` of the mutated input set to ``alternatives[a]``.
+    positions : ndarray of int64, shape (n_positions,)
+    alternatives : ndarray, shape (n_alts, n_channels)
+    output_names : list of str
+    seq_input : str
+        Name of the mutated input.
+    backend : str
+        Backend that computed the result.
+    """
+
+    reference: list[np.ndarray]
+    outputs: list[np.ndarray]
+    positions: np.ndarray
+    alternatives: np.ndarray
+    output_names: list[str] = field(default_factory=list)
+    seq_input: str = ""
+    backend: str = ""
+
+    def delta(self) -> list[np.ndarray]:
+        """Per output, mutant minus reference, ``(n_seqs, n_positions, n_alts, *out_shape)``."""
+        return [o - r[:, None, None] for o, r in zip(self.outputs, self.reference)]
+
+
+def ism(
+    model: Model,
+    x: Any,
+    *,
+    alternatives: Any = None,
+    positions: Any = None,
+    seq_input: str | int | None = None,
+    backend: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = False,
+    dtype: str = config.DEFAULT_DTYPE,
+) -> IsmResult:
+    """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
+
+    Parameters
+    ----------
+    model : Model
+    x : ndarray of float32, shape (n_seqs, seq_len, n_channels), or list / dict
+        The sequences (one-hot or not). For a model with several inputs, a list
+        in model input order or a dict by input name; inputs other than the
+        mutated one stay fixed per sequence.
+    alternatives : ndarray, shape (n_alts, n_channels), optional
+        Rows to put at each position; default ``identity(n_channels)``.
+    positions : None, slice or 1-D int array, optional
+        Positions to mutate; default all.
+    seq_input : str or int, optional
+        The input to mutate; default the one input with 4 channels, else the
+        first.
+    backend : str
+        ``"auto"`` or ``"reference"``.
+    batch_size : int, optional
+        Mutants per forward pass; default from the memory budget.
+    progress : bool
+        Show a progress bar (tqdm).
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    IsmResult
+        Where a row already equals an alternative, the reference is copied.
+    """
+    name = resolve_backend(backend)
+    dt = check_dtype(dtype)
+    specs = model.inputs
+    index = seq_input_index(specs, seq_input)
+    feeds = as_feeds(specs, x, dt)
+    seq = feeds[index]
+    pos = check_positions(positions, seq.shape[1])
+    alts = check_alternatives(alternatives, seq.shape[2], dt)
+    batch = _check_batch_size(batch_size) or reference.default_batch_size(model.graph, dt)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=seq.shape[0] * len(pos) * len(alts), unit="mutant", desc="ISM")
+    try:
+        ref, outs = reference.naive_ism(
+            model.graph, feeds, index, pos, alts, batch, bar.update if bar else None
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return IsmResult(
+        reference=ref,
+        outputs=outs,
+        positions=pos,
+        alternatives=alts,
+        output_names=model.output_names,
+        seq_input=specs[index].name,
+        backend=name,
+    )
