@@ -14,7 +14,13 @@ from ismkernel import config
 from ismkernel.errors import InputError, ShapeError
 from ismkernel.ir import TensorSpec
 
-__all__ = ["as_feeds", "check_dtype", "check_positions", "check_alternatives", "seq_input_index"]
+__all__ = [
+    "as_feeds",
+    "check_dtype",
+    "check_positions",
+    "check_alternatives",
+    "seq_input_index",
+]
 
 
 def check_dtype(dtype: Any) -> np.dtype:
@@ -24,7 +30,9 @@ def check_dtype(dtype: Any) -> np.dtype:
     except TypeError:
         dt = None
     if dt is None or dt.name not in config.DTYPES:
-        raise InputError(f"dtype={dtype!r} is not supported; use one of {config.DTYPES}")
+        raise InputError(
+            f"dtype={dtype!r} is not supported; use one of {config.DTYPES}"
+        )
     return dt
 
 
@@ -106,7 +114,9 @@ def as_feeds(
         feeds.append(arr)
     n = {f.shape[0] for f in feeds}
     if len(n) > 1:
-        raise ShapeError(f"the arrays of {name} hold different numbers of sequences: {sorted(n)}")
+        raise ShapeError(
+            f"the arrays of {name} hold different numbers of sequences: {sorted(n)}"
+        )
     return feeds
 
 
@@ -115,16 +125,22 @@ def seq_input_index(specs: Sequence[TensorSpec], seq_input: Any) -> int:
     names = [s.name for s in specs]
     if seq_input is None:
         candidates = [
-            i for i, s in enumerate(specs) if len(s.shape) == 2 and s.shape[-1] == config.SEQUENCE_CHANNELS
+            i
+            for i, s in enumerate(specs)
+            if len(s.shape) == 2 and s.shape[-1] == config.SEQUENCE_CHANNELS
         ]
         index = candidates[0] if len(candidates) == 1 else 0
     elif isinstance(seq_input, str):
         if seq_input not in names:
-            raise InputError(f"seq_input={seq_input!r} is not a model input; inputs: {names}")
+            raise InputError(
+                f"seq_input={seq_input!r} is not a model input; inputs: {names}"
+            )
         index = names.index(seq_input)
     elif isinstance(seq_input, (int, np.integer)) and not isinstance(seq_input, bool):
         if not 0 <= seq_input < len(specs):
-            raise InputError(f"seq_input={seq_input} is out of range for {len(specs)} inputs")
+            raise InputError(
+                f"seq_input={seq_input} is out of range for {len(specs)} inputs"
+            )
         index = int(seq_input)
     else:
         raise InputError(f"seq_input must be an input name or index, got {seq_input!r}")
@@ -160,7 +176,9 @@ def check_positions(positions: Any, seq_len: int) -> np.ndarray:
     return arr
 
 
-def check_alternatives(alternatives: Any, n_channels: int, dtype: np.dtype) -> np.ndarray:
+def check_alternatives(
+    alternatives: Any, n_channels: int, dtype: np.dtype
+) -> np.ndarray:
     """Alternatives as an ``(n_alts, n_channels)`` array; None means identity."""
     if alternatives is None:
         return np.eye(n_channels, dtype=dtype)

@@ -104,7 +104,9 @@ def ism(
     seq = feeds[index]
     pos = check_positions(positions, seq.shape[1])
     alts = check_alternatives(alternatives, seq.shape[2], dt)
-    batch = _check_batch_size(batch_size) or reference.default_batch_size(model.graph, dt)
+    batch = _check_batch_size(batch_size) or reference.default_batch_size(
+        model.graph, dt
+    )
 
     bar = None
     if progress:

@@ -20,8 +20,14 @@ __all__ = ["Model", "load_model"]
 def _check_batch_size(batch_size: Any) -> int | None:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise InputError(
+            f"batch_size must be a positive integer or None, got {batch_size!r}"
+        )
     return int(batch_size)
 
 
@@ -40,7 +46,9 @@ class Model:
         The Keras version that wrote the file.
     """
 
-    def __init__(self, graph: Graph, path: str = "", format: str = "", keras_version: str = ""):
+    def __init__(
+        self, graph: Graph, path: str = "", format: str = "", keras_version: str = ""
+    ):
         self.graph = graph
         self.path = path
         self.format = format
@@ -84,7 +92,11 @@ class Model:
         return total
 
     def predict(
-        self, x: Any, *, batch_size: int | None = None, dtype: str = config.DEFAULT_DTYPE
+        self,
+        x: Any,
+        *,
+        batch_size: int | None = None,
+        dtype: str = config.DEFAULT_DTYPE,
     ) -> list[np.ndarray]:
         """Run the model with the reference backend.
 
@@ -106,7 +118,9 @@ class Model:
         """
         dt = check_dtype(dtype)
         feeds = as_feeds(self.inputs, x, dt)
-        batch = _check_batch_size(batch_size) or reference.default_batch_size(self.graph, dt)
+        batch = _check_batch_size(batch_size) or reference.default_batch_size(
+            self.graph, dt
+        )
         n_seqs = feeds[0].shape[0]
         if n_seqs <= batch:
             return reference.forward(self.graph, feeds)
@@ -129,7 +143,9 @@ class Model:
                 (
                     node.name,
                     op,
-                    "(None, " + ", ".join("None" if d is None else str(d) for d in node.shape) + ")",
+                    "(None, "
+                    + ", ".join("None" if d is None else str(d) for d in node.shape)
+                    + ")",
                     f"{node.n_params:,}",
                     ", ".join(node.inputs),
                 )
@@ -140,10 +156,16 @@ class Model:
             lines.append(f"Format: {self.format} (Keras {self.keras_version})")
         line = "  ".join(h.ljust(w) for h, w in zip(rows[0], widths))
         lines += [line, "-" * len(line)]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows[1:]]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows[1:]
+        ]
         lines.append("-" * len(line))
-        lines.append("Inputs:  " + ", ".join(f"{s.name} {s.shape}" for s in self.inputs))
-        lines.append("Outputs: " + ", ".join(f"{s.name} {s.shape}" for s in self.outputs))
+        lines.append(
+            "Inputs:  " + ", ".join(f"{s.name} {s.shape}" for s in self.inputs)
+        )
+        lines.append(
+            "Outputs: " + ", ".join(f"{s.name} {s.shape}" for s in self.outputs)
+        )
         lines.append(f"Parameters: {self.n_params:,}")
         return "\n".join(lines)
 

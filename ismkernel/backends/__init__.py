@@ -16,7 +16,9 @@ def resolve_backend(name: str) -> str:
         return "reference"
     if name not in BACKENDS:
         planned = {"cpu", "cuda"}
-        why = " is not implemented in this version" if name in planned else " is unknown"
+        why = (
+            " is not implemented in this version" if name in planned else " is unknown"
+        )
         raise BackendUnavailableError(
             f"backend {name!r}{why}; available: {', '.join(BACKENDS + ('auto',))}"
         )

@@ -232,7 +232,9 @@ _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     ops.Conv1D: _conv1d,
     ops.Pool1D: _pool1d,
     ops.Crop1D: lambda n, xs: xs[0][:, n.op.start : xs[0].shape[1] - n.op.end],
-    ops.ZeroPad1D: lambda n, xs: np.pad(xs[0], ((0, 0), (n.op.left, n.op.right), (0, 0))),
+    ops.ZeroPad1D: lambda n, xs: np.pad(
+        xs[0], ((0, 0), (n.op.left, n.op.right), (0, 0))
+    ),
     ops.UpSample1D: lambda n, xs: np.repeat(xs[0], n.op.size, axis=1),
     ops.Activation: lambda n, xs: apply_activation(n.op, xs[0]),
     ops.PReLU: _prelu,
@@ -282,10 +284,16 @@ def forward(graph: Graph, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def default_batch_size(graph: Graph, dtype: np.dtype) -> int:
     """Samples per batch so that one batch's activations fit the budget."""
-    per_sample = sum(
-        math.prod(d or 1 for d in node.shape) for node in graph.nodes.values()
-    ) * np.dtype(dtype).itemsize
-    return int(max(config.MIN_BATCH, min(4096, config.REFERENCE_BATCH_BYTES // max(per_sample, 1))))
+    per_sample = (
+        sum(math.prod(d or 1 for d in node.shape) for node in graph.nodes.values())
+        * np.dtype(dtype).itemsize
+    )
+    return int(
+        max(
+            config.MIN_BATCH,
+            min(4096, config.REFERENCE_BATCH_BYTES // max(per_sample, 1)),
+        )
+    )
 
 
 def naive_ism(

@@ -136,7 +136,9 @@ class LayerCall:
 def _layer_name(entry: dict) -> str:
     name = entry.get("name") or entry.get("config", {}).get("name")
     if not isinstance(name, str):
-        raise ModelFileError(f"a layer in the model config has no name: {str(entry)[:200]}")
+        raise ModelFileError(
+            f"a layer in the model config has no name: {str(entry)[:200]}"
+        )
     return name
 
 
@@ -179,7 +181,9 @@ def _io_refs(value: Any, where: str) -> tuple[list[str], list[tuple[str, int, in
     return [r[0] for r in refs], refs
 
 
-def _inbound_refs(inbound: Any, keras_major: int, where: str) -> list[tuple[str, int, int]]:
+def _inbound_refs(
+    inbound: Any, keras_major: int, where: str
+) -> list[tuple[str, int, int]]:
     """Tensor references of one call (one ``inbound_nodes`` entry)."""
     if isinstance(inbound, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         refs: list[tuple[str, int, int]] = []
@@ -203,7 +207,11 @@ def _inbound_refs(inbound: Any, keras_major: int, where: str) -> list[tuple[str,
         walk(inbound.get("args", []), False)
         walk(inbound.get("kwargs", {}), True)
         return refs
-    if isinstance(inbound, (list, tuple)):  # Keras 2: [[name, node, tensor, kwargs], ...]
+    if isinstance(
+        inbound, (list, tuple)
+    ):  # Keras 2: [[name, node, tensor, kwargs], ...]
+        if inbound and isinstance(inbound[0], str):  # one bare reference
+            return [_ref(inbound, where)]
         return [_ref(item, where) for item in inbound]
     raise ModelFileError(f"{where}: cannot read inbound node {inbound!r}")
 
@@ -223,8 +231,13 @@ class _Builder:
     # -- models ------------------------------------------------------------
 
     def build(self) -> Graph:
-        if not isinstance(self.config, dict) or self.config.get("class_name") not in MODEL_CLASSES:
-            cls = self.config.get("class_name") if isinstance(self.config, dict) else None
+        if (
+            not isinstance(self.config, dict)
+            or self.config.get("class_name") not in MODEL_CLASSES
+        ):
+            cls = (
+                self.config.get("class_name") if isinstance(self.config, dict) else None
+            )
             raise ModelFileError(
                 f"'{self.source.path}': the model config is not a Functional or "
                 f"Sequential model (class {cls!r})"
@@ -262,7 +275,9 @@ class _Builder:
                 "after building it with a fixed input shape"
             )
         if cfg.get("sparse") or cfg.get("ragged"):
-            raise UnsupportedLayerError(f"{where}: sparse or ragged inputs are not supported")
+            raise UnsupportedLayerError(
+                f"{where}: sparse or ragged inputs are not supported"
+            )
         node = Node(
             name=name,
             op=ops.Input(tuple(shape[1:])),
@@ -276,7 +291,9 @@ class _Builder:
     ) -> tuple[list[str], list[str]]:
         conf = entry.get("config", {})
         layers = conf if isinstance(conf, list) else conf.get("layers", [])
-        model_name = conf.get("name", "sequential") if isinstance(conf, dict) else "sequential"
+        model_name = (
+            conf.get("name", "sequential") if isinstance(conf, dict) else "sequential"
+        )
         where = f"model '{'/'.join(scope.wpath) or model_name}' (Sequential)"
         start = 1 if layers and layers[0].get("class_name") == "InputLayer" else 0
         if inputs is None:
@@ -315,7 +332,9 @@ class _Builder:
         where = f"model '{'/'.join(scope.wpath) or model_name}'"
         layers = conf.get("layers")
         if not isinstance(layers, list):
-            raise ModelFileError(f"'{self.source.path}': {where} config has no layer list")
+            raise ModelFileError(
+                f"'{self.source.path}': {where} config has no layer list"
+            )
         by_name = {}
         keys = {}
         for layer, key in zip(layers, _archive_keys(layers)):
@@ -329,9 +348,13 @@ class _Builder:
         input_map: dict[str, str] = {}
         for i, (name, _, _) in enumerate(in_refs):
             if name not in by_name:
-                raise ModelFileError(f"'{self.source.path}': {where} has no input layer '{name}'")
+                raise ModelFileError(
+                    f"'{self.source.path}': {where} has no input layer '{name}'"
+                )
             if inputs is None:
-                node = self._new_input(name, by_name[name].get("config", {}), f"input '{name}'")
+                node = self._new_input(
+                    name, by_name[name].get("config", {}), f"input '{name}'"
+                )
                 self.graph.inputs.append(node)
                 input_map[name] = node
             else:
@@ -364,10 +387,15 @@ class _Builder:
                 )
             key = (name, call_index)
             if key not in memo:
+                self._check_supported(layer, scope)
                 if key in active:
-                    raise ModelFileError(f"'{self.source.path}': {where} has a cycle at '{name}'")
+                    raise ModelFileError(
+                        f"'{self.source.path}': {where} has a cycle at '{name}'"
+                    )
                 active.add(key)
-                refs = _inbound_refs(inbound[call_index], self.keras_major, f"layer '{name}'")
+                refs = _inbound_refs(
+                    inbound[call_index], self.keras_major, f"layer '{name}'"
+                )
                 xs = [tensor(r) for r in refs]
                 memo[key] = self._call(layer, call_index, xs, scope, keys[name])
                 active.discard(key)
@@ -412,6 +440,27 @@ class _Builder:
 
     # -- layers ------------------------------------------------------------
 
+    def _check_supported(self, layer: dict, scope: _Scope) -> None:
+        cls = layer.get("class_name")
+        if cls in MODEL_CLASSES or cls in IDENTITY_LAYERS or cls in HANDLERS:
+            return
+        where = f"layer '{'/'.join(scope.wpath + (_layer_name(layer),))}' ({cls})"
+        if cls == "Lambda":
+            raise UnsupportedLayerError(
+                f"{where} carries Python code; ismkernel never runs code from model "
+                "files. Replace it with a supported layer or split the model there."
+            )
+        if cls in ("TFOpLambda", "SlicingOpLambda"):
+            raise UnsupportedLayerError(
+                f"{where} is a raw TensorFlow op recorded by Keras 2, which ismkernel "
+                "does not support; use the equivalent Keras layer (e.g. Add, "
+                f"Multiply, Cropping1D). Supported: {', '.join(supported_layers())}"
+            )
+        raise UnsupportedLayerError(
+            f"{where} is not a supported layer (custom or unknown class); "
+            f"supported: {', '.join(supported_layers())}"
+        )
+
     def _call(
         self, layer: dict, call_index: int, xs: list[str], scope: _Scope, key: str
     ) -> list[str]:
@@ -424,21 +473,12 @@ class _Builder:
         if cls in MODEL_CLASSES:
             child = _Scope(f"{scope.prefix}{name}{suffix}/", wpath, kpath)
             return self._model(layer, child, xs)[1]
-        if cls == "Lambda":
-            raise UnsupportedLayerError(
-                f"{where} carries Python code; ismkernel never runs code from model "
-                "files. Replace it with a supported layer or split the model there."
-            )
+        self._check_supported(layer, scope)
         if cls in IDENTITY_LAYERS:
             if len(xs) != 1:
                 raise ShapeError(f"{where} takes 1 input, got {len(xs)}")
             return xs
-        handler = HANDLERS.get(cls)
-        if handler is None:
-            raise UnsupportedLayerError(
-                f"{where} is not a supported layer (custom or unknown class); "
-                f"supported: {', '.join(supported_layers())}"
-            )
+        handler = HANDLERS[cls]
         call = LayerCall(
             builder=self,
             layer=name,

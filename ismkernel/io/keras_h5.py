@@ -95,7 +95,15 @@ def read_keras_h5(path: str) -> tuple[Graph, dict]:
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
-                what = "weights" if ("model_weights" in f or "layer_names" in f.attrs or "layers" in f) else "no model"
+                what = (
+                    "weights"
+                    if (
+                        "model_weights" in f
+                        or "layer_names" in f.attrs
+                        or "layers" in f
+                    )
+                    else "no model"
+                )
                 raise ModelFileError(
                     f"'{path}' holds {what} but no model config (was it written by "
                     "save_weights?); ismkernel needs a whole model saved with "
@@ -104,11 +112,15 @@ def read_keras_h5(path: str) -> tuple[Graph, dict]:
             try:
                 config = json.loads(_text(f.attrs["model_config"]))
             except (ValueError, UnicodeDecodeError) as err:
-                raise ModelFileError(f"'{path}': model_config is not valid JSON: {err}") from None
+                raise ModelFileError(
+                    f"'{path}': model_config is not valid JSON: {err}"
+                ) from None
             version = _text(f.attrs.get("keras_version", "2"))
             root = f["model_weights"] if "model_weights" in f else None
             if root is None:
-                raise ModelFileError(f"'{path}' has a model config but no 'model_weights' group")
+                raise ModelFileError(
+                    f"'{path}' has a model config but no 'model_weights' group"
+                )
             major = _major(version)
             graph = build_graph(config, _LegacyWeights(root, path), major)
     except OSError as err:

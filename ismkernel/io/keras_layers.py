@@ -223,7 +223,9 @@ def _dense(call: LayerCall, xs: list[str]) -> list[str]:
     (shape,) = call.in_shapes(xs)
     if not shape or shape[-1] is None:
         raise ShapeError(f"{call.where()} needs a fixed last axis, got shape {shape}")
-    op = ops.Dense(units=_int(call, "units"), use_bias=bool(call.cfg.get("use_bias", True)))
+    op = ops.Dense(
+        units=_int(call, "units"), use_bias=bool(call.cfg.get("use_bias", True))
+    )
     expected = {"kernel": (shape[-1], op.units)}
     if op.use_bias:
         expected["bias"] = (op.units,)
@@ -246,10 +248,14 @@ def _pool1d(call: LayerCall, xs: list[str]) -> list[str]:
     return [call.add(op, xs)]
 
 
-@_handles("GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D")
+@_handles(
+    "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D"
+)
 def _global_pool1d(call: LayerCall, xs: list[str]) -> list[str]:
     call.in_shapes(xs, rank=2)
-    fmt = _choice(call, "data_format", ("channels_last", "channels_first"), "channels_last")
+    fmt = _choice(
+        call, "data_format", ("channels_last", "channels_first"), "channels_last"
+    )
     op = ops.GlobalPool1D(
         mode="max" if "Max" in call.layer_class else "average",
         axis=0 if fmt == "channels_last" else 1,
@@ -290,7 +296,9 @@ def _float(call: LayerCall, key: str, default: float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UnsupportedLayerError(f"{call.where()}: '{key}' = {value!r} is not a number")
+        raise UnsupportedLayerError(
+            f"{call.where()}: '{key}' = {value!r} is not a number"
+        )
     return float(value)
 
 
@@ -381,7 +389,9 @@ def _layer_norm(call: LayerCall, xs: list[str]) -> list[str]:
             f"supported, got axis={call.cfg.get('axis')!r}"
         )
     if call.cfg.get("rms_scaling"):
-        raise UnsupportedLayerError(f"{call.where()}: rms_scaling=True is not supported")
+        raise UnsupportedLayerError(
+            f"{call.where()}: rms_scaling=True is not supported"
+        )
     op = ops.LayerNorm(
         epsilon=_float(call, "epsilon", 1e-3),
         center=bool(call.cfg.get("center", True)),
@@ -407,7 +417,9 @@ def _concatenate(call: LayerCall, xs: list[str]) -> list[str]:
 @_handles("Flatten")
 def _flatten(call: LayerCall, xs: list[str]) -> list[str]:
     call.in_shapes(xs)
-    fmt = _choice(call, "data_format", ("channels_last", "channels_first"), "channels_last")
+    fmt = _choice(
+        call, "data_format", ("channels_last", "channels_first"), "channels_last"
+    )
     return [call.add(ops.Flatten(channels_first=fmt == "channels_first"), xs)]
 
 
@@ -424,7 +436,9 @@ def _reshape(call: LayerCall, xs: list[str]) -> list[str]:
         )
     target = list(target)
     if target.count(-1) > 1:
-        raise UnsupportedLayerError(f"{call.where()}: target_shape has more than one -1")
+        raise UnsupportedLayerError(
+            f"{call.where()}: target_shape has more than one -1"
+        )
     if None in shape:
         raise ShapeError(f"{call.where()} needs a fixed input shape, got {shape}")
     if -1 in target:

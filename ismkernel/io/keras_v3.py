@@ -64,14 +64,22 @@ def read_keras_v3(path: str) -> tuple[Graph, dict]:
         with zipfile.ZipFile(path) as archive:
             members = set(archive.namelist())
             if "config.json" not in members:
-                raise ModelFileError(f"'{path}' is a zip archive without config.json; not a .keras model")
+                raise ModelFileError(
+                    f"'{path}' is a zip archive without config.json; not a .keras model"
+                )
             if "model.weights.h5" not in members:
                 raise ModelFileError(f"'{path}' has no model.weights.h5")
             try:
                 config = json.loads(archive.read("config.json"))
-                meta = json.loads(archive.read("metadata.json")) if "metadata.json" in members else {}
+                meta = (
+                    json.loads(archive.read("metadata.json"))
+                    if "metadata.json" in members
+                    else {}
+                )
             except ValueError as err:
-                raise ModelFileError(f"'{path}': config.json is not valid JSON: {err}") from None
+                raise ModelFileError(
+                    f"'{path}': config.json is not valid JSON: {err}"
+                ) from None
             weights = io.BytesIO(archive.read("model.weights.h5"))
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise ModelFileError(

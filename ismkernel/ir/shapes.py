@@ -113,8 +113,7 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
         )
         if length == 0:
             raise ShapeError(
-                f"{where}: input length {x[0]} is shorter than pool size "
-                f"{op.pool_size}"
+                f"{where}: input length {x[0]} is shorter than pool size {op.pool_size}"
             )
         return (length, x[1])
 

@@ -1,0 +1,5 @@
+import sys
+
+from ismkernel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""The ``ismkernel`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ismkernel import __version__
+from ismkernel.errors import IsmkernelError
+
+__all__ = ["main"]
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ismkernel.model import load_model
+
+    model = load_model(args.model)
+    print(model.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ismkernel",
+        description="Exact, fast in-silico saturation mutagenesis of sequence models.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"ismkernel {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("inspect", help="print a model's layers, shapes and parameters")
+    p.add_argument("model", metavar="MODEL", help="Keras .h5 or .keras file")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ismkernel`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except IsmkernelError as err:
+        print(f"ismkernel: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

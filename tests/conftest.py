@@ -1,0 +1,48 @@
+"""Shared fixtures: the Keras-built models and their stored predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+REFUSED = FIXTURES / "refused"
+
+
+def _manifest() -> dict:
+    out = {}
+    for path in sorted(FIXTURES.glob("manifest.*.json")):
+        out.update(json.loads(path.read_text()))
+    return out
+
+
+MANIFEST = _manifest()
+MODEL_FILES = sorted(MANIFEST)
+
+
+def fixture_path(name: str) -> Path:
+    return FIXTURES / name
+
+
+def fixture_data(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / MANIFEST[name]["npz"]) as d:
+        return {k: d[k] for k in d.files}
+
+
+def fixture_inputs(data: dict, kind: str) -> list[np.ndarray]:
+    n = sum(1 for k in data if k.startswith(f"x_{kind}_"))
+    return [data[f"x_{kind}_{j}"] for j in range(n)]
+
+
+def assert_close_keras(comp: np.ndarray, ref: np.ndarray, what: str) -> None:
+    """The issue's tolerance against Keras: rtol 1e-5, atol 1e-6."""
+    assert comp.shape == ref.shape, f"{what}: shape {comp.shape} != Keras {ref.shape}"
+    np.testing.assert_allclose(comp, ref, rtol=1e-5, atol=1e-6, err_msg=what)
+
+
+@pytest.fixture(params=MODEL_FILES)
+def model_file(request) -> str:
+    return request.param

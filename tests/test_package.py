@@ -1,0 +1,43 @@
+"""Package hygiene: the public API, and no framework imported at run time."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import ismkernel
+
+PACKAGE = Path(ismkernel.__file__).parent
+
+
+def test_public_api():
+    for name in ismkernel.__all__:
+        assert hasattr(ismkernel, name), name
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ismkernel.__version__)
+
+
+def test_no_deep_learning_framework_in_the_package():
+    pattern = re.compile(
+        r"^\s*(import|from)\s+(tensorflow|keras|tf_keras|torch)\b", re.M
+    )
+    offenders = [p.name for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_import_pulls_in_no_gpu_or_framework_module():
+    code = (
+        "import sys, ismkernel; m = ismkernel.load_model(sys.argv[1]);"
+        "bad = [k for k in sys.modules if k.split('.')[0] in "
+        "('cupy', 'tensorflow', 'keras', 'torch', 'tf_keras') or k == 'numba.cuda'];"
+        "print(bad)"
+    )
+    model = Path(__file__).parent / "fixtures" / "keras" / "conv_basic.k3.keras"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(model)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
