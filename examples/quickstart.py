@@ -14,7 +14,9 @@ import numpy as np
 
 import ismkernel
 
-MODEL = Path(__file__).resolve().parent.parent / "tests/fixtures/keras/bpnet_mini.k3.keras"
+MODEL = (
+    Path(__file__).resolve().parent.parent / "tests/fixtures/keras/bpnet_mini.k3.keras"
+)
 
 
 def main() -> None:
@@ -31,8 +33,10 @@ def main() -> None:
     n_mutants = x.shape[0] * seq_len * 3
 
     profile, counts = result.outputs
-    print(f"\nISM of {x.shape[0]} sequences x {seq_len} positions x 4 bases "
-          f"({n_mutants} mutants) in {seconds:.2f} s with the {result.backend} backend")
+    print(
+        f"\nISM of {x.shape[0]} sequences x {seq_len} positions x 4 bases "
+        f"({n_mutants} mutants) in {seconds:.2f} s with the {result.backend} backend"
+    )
     print(f"outputs: profile {profile.shape}, counts {counts.shape}")
 
     effect = np.linalg.norm(result.delta()[1][0], axis=-1)  # (positions, bases)
@@ -41,7 +45,9 @@ def main() -> None:
     for p in top:
         b = int(np.argmax(effect[p]))
         ref_base = "ACGT"[int(np.argmax(x[0, p]))]
-        print(f"  position {p:3d}: {ref_base}>{'ACGT'[b]}  |delta counts| = {effect[p, b]:.4f}")
+        print(
+            f"  position {p:3d}: {ref_base}>{'ACGT'[b]}  |delta counts| = {effect[p, b]:.4f}"
+        )
 
 
 if __name__ == "__main__":

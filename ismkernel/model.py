@@ -134,11 +134,7 @@ class Model:
         """A table of the IR: node, op, output shape, parameters, inputs."""
         rows = [("node", "op", "output shape", "params", "inputs")]
         for node in self.graph.nodes.values():
-            op = node.op.kind
-            if getattr(node.op, "fn", None):
-                op = f"{op}({node.op.fn})"
-            elif getattr(node.op, "mode", None):
-                op = f"{op}({node.op.mode})"
+            op = node.op.describe()
             rows.append(
                 (
                     node.name,

@@ -238,6 +238,22 @@ def test_unsupported_activation(h5_copy):
         ismkernel.load_model(h5_copy)
 
 
+def test_reduced_precision_policy_warns(tmp_path):
+    def edit(cfg):
+        policy = {
+            "module": "keras",
+            "class_name": "DTypePolicy",
+            "config": {"name": "mixed_float16"},
+        }
+        _layer(cfg, "Conv1D")["config"]["dtype"] = policy
+
+    with pytest.warns(
+        ismkernel.IsmkernelWarning,
+        match=r"layer 'conv' \(Conv1D\) was saved with dtype policy 'mixed_float16'; ismkernel computes in float32",
+    ):
+        ismkernel.load_model(_rewrite_keras(tmp_path, edit_config=edit))
+
+
 def test_unknown_layer_reference(h5_copy):
     _edit_h5_config(
         h5_copy, lambda c: c["config"].update(output_layers=[["ghost", 0, 0]])

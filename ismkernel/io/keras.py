@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ismkernel.errors import ModelFileError, ShapeError, UnsupportedLayerError
+from ismkernel.errors import (
+    IsmkernelWarning,
+    ModelFileError,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from ismkernel.io.keras_layers import HANDLERS, IDENTITY_LAYERS, supported_layers
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
@@ -223,6 +229,7 @@ class _Builder:
         self.keras_major = keras_major
         self.graph = Graph()
         self.weight_cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+        self.warned_dtype = False
 
     def add(self, node: Node) -> str:
         node.shape = infer_shape(node, [self.graph.nodes[i].shape for i in node.inputs])
@@ -440,6 +447,20 @@ class _Builder:
 
     # -- layers ------------------------------------------------------------
 
+    def _check_dtype_policy(self, layer: dict, where: str) -> None:
+        policy = (layer.get("config") or {}).get("dtype")
+        if isinstance(policy, dict):
+            policy = (policy.get("config") or {}).get("name")
+        if policy not in (None, "float32") and not self.warned_dtype:
+            self.warned_dtype = True
+            warnings.warn(
+                f"{where} was saved with dtype policy {policy!r}; ismkernel computes "
+                "in float32 (or float64), so results differ from Keras's by that "
+                "precision",
+                IsmkernelWarning,
+                stacklevel=4,
+            )
+
     def _check_supported(self, layer: dict, scope: _Scope) -> None:
         cls = layer.get("class_name")
         if cls in MODEL_CLASSES or cls in IDENTITY_LAYERS or cls in HANDLERS:
@@ -474,6 +495,7 @@ class _Builder:
             child = _Scope(f"{scope.prefix}{name}{suffix}/", wpath, kpath)
             return self._model(layer, child, xs)[1]
         self._check_supported(layer, scope)
+        self._check_dtype_policy(layer, where)
         if cls in IDENTITY_LAYERS:
             if len(xs) != 1:
                 raise ShapeError(f"{where} takes 1 input, got {len(xs)}")

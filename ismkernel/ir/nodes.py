@@ -7,7 +7,7 @@ the :class:`~ismkernel.ir.graph.Node` that applies it, as float32 arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -73,12 +73,13 @@ class Op:
         return type(self).__name__
 
     def describe(self) -> str:
-        """Attributes as ``key=value`` text, for summaries."""
+        """The op with its non-default attributes: ``Conv1D(n_filters=8, ...)``."""
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            parts.append(f"{f.name}={value!r}")
-        return ", ".join(parts)
+            if f.default is MISSING or value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        return f"{self.kind}({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
