@@ -124,3 +124,15 @@ def test_free_length_model_runs_at_other_lengths():
         gmp, seq = model.predict(x)
         assert gmp.shape == (2, 4)
         np.testing.assert_allclose(gmp, seq.max(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dict_io.k2.h5", "dict_io.k3.keras", "dict_io.k3.h5"])
+def test_dict_inputs_and_outputs_in_sorted_key_order(name):
+    """Keras flattens dicts by sorted key; that is the model's order."""
+    model = ismkernel.load_model(fixture_path(name))
+    assert model.input_names == ["a_cov", "b_dna"]
+    assert model.output_names == ["y_head", "z_head"]
+    data = fixture_data(name)
+    x = dict(zip(model.input_names, fixture_inputs(data, "float")))
+    for k, y in enumerate(model.predict(x)):
+        assert_close_keras(y, data[f"y_float_{k}"], f"{name} output {k}")

@@ -178,7 +178,10 @@ def _ref(item: Any, where: str) -> tuple[str, int, int]:
 def _io_refs(value: Any, where: str) -> tuple[list[str], list[tuple[str, int, int]]]:
     """Names and references of a model's ``input_layers`` / ``output_layers``."""
     if isinstance(value, dict):
-        return list(value), [_ref(v, where) for v in value.values()]
+        # Keras flattens dict inputs and outputs in sorted key order (tf.nest,
+        # optree); that order is the model's input/output order.
+        keys = sorted(value)
+        return keys, [_ref(value[k], where) for k in keys]
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
         value = [value]  # a single tensor, not wrapped in a list
     if not isinstance(value, (list, tuple)):
