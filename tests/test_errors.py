@@ -121,6 +121,16 @@ def test_weights_without_model_config_keras3(tmp_path):
         ismkernel.load_model(dst)
 
 
+def test_hdf5_that_is_not_a_model(tmp_path):
+    dst = tmp_path / "data.h5"
+    with h5py.File(dst, "w") as f:
+        f["scores"] = np.zeros(3)
+    with pytest.raises(
+        ModelFileError, match="is an HDF5 file without a Keras model config"
+    ):
+        ismkernel.load_model(dst)
+
+
 def test_zip_that_is_not_a_keras_archive(tmp_path):
     dst = _rewrite_keras(tmp_path, drop=("config.json",))
     with pytest.raises(ModelFileError, match="without config.json"):

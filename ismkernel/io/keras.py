@@ -27,7 +27,7 @@ from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
 from ismkernel.ir.shapes import infer_shape
 
-__all__ = ["build_graph", "LayerCall", "WeightSource", "snake_case"]
+__all__ = ["build_graph", "keras_major", "LayerCall", "WeightSource", "snake_case"]
 
 MODEL_CLASSES = ("Functional", "Model", "Sequential")
 
@@ -40,6 +40,14 @@ class WeightSource(Protocol):
     def read(self, call: LayerCall, names: list[str]) -> dict[str, np.ndarray]:
         """The arrays ``names`` of the layer of ``call``, in that order."""
         ...
+
+
+def keras_major(version: str, default: int) -> int:
+    """The major version in a ``keras_version`` string; ``default`` if unreadable."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return default
 
 
 def snake_case(name: str) -> str:

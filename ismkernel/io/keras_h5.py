@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from ismkernel.errors import ModelFileError
-from ismkernel.io.keras import build_graph
+from ismkernel.io.keras import build_graph, keras_major
 
 if TYPE_CHECKING:
     from ismkernel.io.keras import LayerCall
@@ -95,19 +95,15 @@ def read_keras_h5(path: str) -> tuple[Graph, dict]:
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
-                what = (
-                    "weights"
-                    if (
-                        "model_weights" in f
-                        or "layer_names" in f.attrs
-                        or "layers" in f
+                if "model_weights" in f or "layer_names" in f.attrs or "layers" in f:
+                    raise ModelFileError(
+                        f"'{path}' holds weights but no model config (was it written "
+                        "by save_weights?); ismkernel needs a whole model saved with "
+                        "model.save(...)"
                     )
-                    else "no model"
-                )
                 raise ModelFileError(
-                    f"'{path}' holds {what} but no model config (was it written by "
-                    "save_weights?); ismkernel needs a whole model saved with "
-                    "model.save(...)"
+                    f"'{path}' is an HDF5 file without a Keras model config; "
+                    "ismkernel needs a whole model saved with model.save(...)"
                 )
             try:
                 config = json.loads(_text(f.attrs["model_config"]))
@@ -121,17 +117,10 @@ def read_keras_h5(path: str) -> tuple[Graph, dict]:
                 raise ModelFileError(
                     f"'{path}' has a model config but no 'model_weights' group"
                 )
-            major = _major(version)
+            major = keras_major(version, 2)
             graph = build_graph(config, _LegacyWeights(root, path), major)
     except OSError as err:
         raise ModelFileError(
             f"cannot read '{path}' as HDF5 ({err}); the file is truncated or corrupt"
         ) from None
     return graph, {"format": "keras-h5", "keras_version": version}
-
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 2

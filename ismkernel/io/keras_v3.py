@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from ismkernel.errors import ModelFileError
-from ismkernel.io.keras import build_graph
+from ismkernel.io.keras import build_graph, keras_major
 
 if TYPE_CHECKING:
     from ismkernel.io.keras import LayerCall
@@ -89,14 +89,9 @@ def read_keras_v3(path: str) -> tuple[Graph, dict]:
     version = str(meta.get("keras_version", "3"))
     try:
         with h5py.File(weights, "r") as f:
-            graph = build_graph(config, _ArchiveWeights(f, path), _major(version))
+            graph = build_graph(
+                config, _ArchiveWeights(f, path), keras_major(version, 3)
+            )
     except OSError as err:
         raise ModelFileError(f"cannot read the weights in '{path}' ({err})") from None
     return graph, {"format": "keras-v3", "keras_version": version}
-
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 3
