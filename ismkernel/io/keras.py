@@ -198,9 +198,7 @@ def _io_refs(value: Any, where: str) -> tuple[list[str], list[tuple[str, int, in
     return [r[0] for r in refs], refs
 
 
-def _inbound_refs(
-    inbound: Any, keras_major: int, where: str
-) -> list[tuple[str, int, int]]:
+def _inbound_refs(inbound: Any, where: str) -> list[tuple[str, int, int]]:
     """Tensor references of one call (one ``inbound_nodes`` entry)."""
     if isinstance(inbound, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         refs: list[tuple[str, int, int]] = []
@@ -411,9 +409,7 @@ class _Builder:
                         f"'{self.source.path}': {where} has a cycle at '{name}'"
                     )
                 active.add(key)
-                refs = _inbound_refs(
-                    inbound[call_index], self.keras_major, f"layer '{name}'"
-                )
+                refs = _inbound_refs(inbound[call_index], f"layer '{name}'")
                 xs = [tensor(r) for r in refs]
                 memo[key] = self._call(layer, call_index, xs, scope, keys[name])
                 active.discard(key)
