@@ -119,6 +119,16 @@ def _scalar(fn, v, **kw):
         "exponential": math.exp(v),
         "silu": v * sig,
         "mish": v * math.tanh(sp),
+        "celu": max(v, 0)
+        + kw.get("alpha", 1.0) * (math.exp(min(v, 0) / kw.get("alpha", 1.0)) - 1),
+        "hard_tanh": min(max(v, -1), 1),
+        "log_sigmoid": math.log(sig),
+        "tanh_shrink": v - math.tanh(v),
+        "hard_shrink": v if abs(v) > kw.get("threshold", 0) else 0.0,
+        "soft_shrink": math.copysign(max(abs(v) - kw.get("threshold", 0), 0), v),
+        "sparse_plus": 0.0 if v <= -1 else (v if v >= 1 else (v + 1) ** 2 / 4),
+        "sparse_sigmoid": 0.0 if v <= -1 else (1.0 if v >= 1 else (v + 1) / 2),
+        "squareplus": (v + math.sqrt(v * v + kw.get("alpha", 0))) / 2,
     }[fn]
 
 
@@ -139,6 +149,16 @@ ACTS = [
     ("exponential", {}),
     ("silu", {}),
     ("mish", {}),
+    ("celu", {}),
+    ("celu", {"alpha": 0.5}),
+    ("hard_tanh", {}),
+    ("log_sigmoid", {}),
+    ("tanh_shrink", {}),
+    ("hard_shrink", {"threshold": 0.5}),
+    ("soft_shrink", {"threshold": 0.5}),
+    ("sparse_plus", {}),
+    ("sparse_sigmoid", {}),
+    ("squareplus", {"alpha": 4.0}),
 ]
 
 

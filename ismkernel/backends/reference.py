@@ -102,6 +102,27 @@ def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
         return x * _sigmoid(x)
     if fn == "mish":
         return x * np.tanh(np.logaddexp(t(0), x))
+    if fn == "celu":
+        return np.maximum(x, t(0)) + t(op.alpha) * np.expm1(
+            np.minimum(x, t(0)) / t(op.alpha)
+        )
+    if fn == "hard_tanh":
+        return np.clip(x, t(-1), t(1))
+    if fn == "log_sigmoid":
+        return -np.logaddexp(t(0), -x)
+    if fn == "tanh_shrink":
+        return x - np.tanh(x)
+    if fn == "hard_shrink":
+        return np.where(np.abs(x) > op.threshold, x, t(0))
+    if fn == "soft_shrink":
+        th = t(op.threshold)
+        return np.where(x > th, x - th, np.where(x < -th, x + th, t(0)))
+    if fn == "sparse_plus":
+        return np.where(x <= -1, t(0), np.where(x < 1, t(0.25) * (x + t(1)) ** 2, x))
+    if fn == "sparse_sigmoid":
+        return np.where(x <= -1, t(0), np.where(x >= 1, t(1), t(0.5) * (x + t(1))))
+    if fn == "squareplus":
+        return (x + np.sqrt(x * x + t(op.alpha))) / t(2)
     if fn in ("softmax", "log_softmax"):
         axis = op.axis + 1 if op.axis >= 0 else op.axis  # per sample -> batch
         shifted = x - np.max(x, axis=axis, keepdims=True)

@@ -83,6 +83,16 @@ _ACTIVATION_NAMES: dict[str, _Act | None] = {
     "mish": _Act("mish"),
     "softmax": _Act("softmax"),
     "log_softmax": _Act("log_softmax"),
+    # Keras 3 only.
+    "celu": _Act("celu"),
+    "hard_tanh": _Act("hard_tanh"),
+    "log_sigmoid": _Act("log_sigmoid"),
+    "tanh_shrink": _Act("tanh_shrink"),
+    "hard_shrink": _Act("hard_shrink", (("threshold", 0.5),)),
+    "soft_shrink": _Act("soft_shrink", (("threshold", 0.5),)),
+    "sparse_plus": _Act("sparse_plus"),
+    "sparse_sigmoid": _Act("sparse_sigmoid"),
+    "squareplus": _Act("squareplus", (("alpha", 4.0),)),
 }
 
 

@@ -55,6 +55,15 @@ ACTIVATIONS = (
     "mish",
     "softmax",
     "log_softmax",
+    "celu",
+    "hard_tanh",
+    "log_sigmoid",
+    "tanh_shrink",
+    "hard_shrink",
+    "soft_shrink",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "squareplus",
 )
 
 MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
@@ -153,8 +162,11 @@ class Activation(Op):
 
     ``relu`` follows Keras: ``x`` where ``x > threshold`` (else 0), clipped to
     ``[0, max_value]`` when ``max_value`` is set, minus
-    ``negative_slope * relu(threshold - x)``. ``alpha`` is the ELU scale and the
-    slope of ``hard_sigmoid``/``hard_silu`` (Keras 2: 0.2, Keras 3: 1/6).
+    ``negative_slope * relu(threshold - x)``. ``alpha`` is the ELU and CELU
+    scale, the slope of ``hard_sigmoid``/``hard_silu`` (Keras 2: 0.2, Keras 3:
+    1/6) and ``b`` of ``squareplus``; ``threshold`` is also that of
+    ``hard_shrink`` and ``soft_shrink``. ``approximate`` selects the tanh form
+    of ``gelu``.
     """
 
     fn: str
