@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -41,6 +44,31 @@ def assert_close_keras(comp: np.ndarray, ref: np.ndarray, what: str) -> None:
     """The issue's tolerance against Keras: rtol 1e-5, atol 1e-6."""
     assert comp.shape == ref.shape, f"{what}: shape {comp.shape} != Keras {ref.shape}"
     np.testing.assert_allclose(comp, ref, rtol=1e-5, atol=1e-6, err_msg=what)
+
+
+def rewrite_keras(
+    name, dst_dir, edit_config=None, edit_weights=None, drop=(), replace=None
+):
+    """A copy of the ``.keras`` fixture ``name`` in ``dst_dir`` with members
+    dropped or replaced, its config edited, or its weights file edited."""
+    src = zipfile.ZipFile(fixture_path(name))
+    dst_path = Path(dst_dir) / "model.keras"
+    with zipfile.ZipFile(dst_path, "w") as dst:
+        for member in src.namelist():
+            if member in drop:
+                continue
+            blob = (replace or {}).get(member, src.read(member))
+            if member == "config.json" and edit_config:
+                cfg = json.loads(blob)
+                edit_config(cfg)
+                blob = json.dumps(cfg).encode()
+            if member == "model.weights.h5" and edit_weights:
+                buf = io.BytesIO(blob)
+                with h5py.File(buf, "r+") as f:
+                    edit_weights(f)
+                blob = buf.getvalue()
+            dst.writestr(member, blob)
+    return dst_path
 
 
 @pytest.fixture(params=MODEL_FILES)

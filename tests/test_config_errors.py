@@ -6,15 +6,13 @@ the error class and message: the layer is always named.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import zipfile
 
 import h5py
 import numpy as np
 import pytest
-from conftest import fixture_path
+from conftest import fixture_path, rewrite_keras
 
 import ismkernel
 from ismkernel import ModelFileError, ShapeError, UnsupportedLayerError
@@ -287,31 +285,6 @@ def test_bad_config(tmp_path, fixture, edit, error, message):
         ismkernel.load_model(dst)
 
 
-def _rewrite_keras(
-    tmp_path, name, edit_config=None, edit_weights=None, drop=(), replace=None
-):
-    src = zipfile.ZipFile(fixture_path(name))
-    dst_path = tmp_path / "model.keras"
-    with zipfile.ZipFile(dst_path, "w") as dst:
-        for member in src.namelist():
-            if member in drop:
-                continue
-            blob = src.read(member)
-            if replace and member in replace:
-                blob = replace[member]
-            if member == "config.json" and edit_config:
-                cfg = json.loads(blob)
-                edit_config(cfg)
-                blob = json.dumps(cfg).encode()
-            if member == "model.weights.h5" and edit_weights:
-                buf = io.BytesIO(blob)
-                with h5py.File(buf, "r+") as f:
-                    edit_weights(f)
-                blob = buf.getvalue()
-            dst.writestr(member, blob)
-    return dst_path
-
-
 def test_keras3_tensor_keyword_argument(tmp_path):
     def edit(cfg):
         conv = _layer(cfg, "conv")
@@ -323,21 +296,21 @@ def test_keras3_tensor_keyword_argument(tmp_path):
         match=r"layer 'conv' is called with a tensor keyword argument",
     ):
         ismkernel.load_model(
-            _rewrite_keras(tmp_path, "conv_basic.k3.keras", edit_config=edit)
+            rewrite_keras("conv_basic.k3.keras", tmp_path, edit_config=edit)
         )
 
 
 def test_keras3_archive_problems(tmp_path):
     name = "conv_basic.k3.keras"
     with pytest.raises(ModelFileError, match="has no model.weights.h5"):
-        ismkernel.load_model(_rewrite_keras(tmp_path, name, drop=("model.weights.h5",)))
+        ismkernel.load_model(rewrite_keras(name, tmp_path, drop=("model.weights.h5",)))
     with pytest.raises(ModelFileError, match="config.json is not valid JSON"):
         ismkernel.load_model(
-            _rewrite_keras(tmp_path, name, replace={"config.json": b"{"})
+            rewrite_keras(name, tmp_path, replace={"config.json": b"{"})
         )
     with pytest.raises(ModelFileError, match="cannot read the weights in"):
         ismkernel.load_model(
-            _rewrite_keras(tmp_path, name, replace={"model.weights.h5": b"not hdf5"})
+            rewrite_keras(name, tmp_path, replace={"model.weights.h5": b"not hdf5"})
         )
 
     def drop_group(f):
@@ -347,7 +320,7 @@ def test_keras3_archive_problems(tmp_path):
         ModelFileError,
         match=r"layer 'out' \(Dense\): .* has no weights group 'layers/dense'",
     ):
-        ismkernel.load_model(_rewrite_keras(tmp_path, name, edit_weights=drop_group))
+        ismkernel.load_model(rewrite_keras(name, tmp_path, edit_weights=drop_group))
 
 
 def test_legacy_h5_weight_problems(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import zipfile
@@ -10,7 +9,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import REFUSED, fixture_path
+from conftest import REFUSED, fixture_path, rewrite_keras
 
 import ismkernel
 from ismkernel import (
@@ -30,28 +29,6 @@ def h5_copy(tmp_path):
     dst = tmp_path / "model.h5"
     shutil.copy(fixture_path(H5), dst)
     return dst
-
-
-def _rewrite_keras(tmp_path, edit_config=None, edit_weights=None, drop=()):
-    """A copy of the .keras fixture with its config or weights changed."""
-    src = zipfile.ZipFile(fixture_path(KERAS))
-    dst_path = tmp_path / "model.keras"
-    with zipfile.ZipFile(dst_path, "w") as dst:
-        for name in src.namelist():
-            if name in drop:
-                continue
-            blob = src.read(name)
-            if name == "config.json" and edit_config:
-                cfg = json.loads(blob)
-                edit_config(cfg)
-                blob = json.dumps(cfg).encode()
-            if name == "model.weights.h5" and edit_weights:
-                buf = io.BytesIO(blob)
-                with h5py.File(buf, "r+") as f:
-                    edit_weights(f)
-                blob = buf.getvalue()
-            dst.writestr(name, blob)
-    return dst_path
 
 
 def _edit_h5_config(path, edit):
@@ -132,7 +109,7 @@ def test_hdf5_that_is_not_a_model(tmp_path):
 
 
 def test_zip_that_is_not_a_keras_archive(tmp_path):
-    dst = _rewrite_keras(tmp_path, drop=("config.json",))
+    dst = rewrite_keras(KERAS, tmp_path, drop=("config.json",))
     with pytest.raises(ModelFileError, match="without config.json"):
         ismkernel.load_model(dst)
 
@@ -165,7 +142,7 @@ def test_missing_weight_keras(tmp_path):
     with pytest.raises(
         ModelFileError, match=r"layer 'conv' \(Conv1D\).*stores 1 variables"
     ):
-        ismkernel.load_model(_rewrite_keras(tmp_path, edit_weights=edit))
+        ismkernel.load_model(rewrite_keras(KERAS, tmp_path, edit_weights=edit))
 
 
 def test_wrong_weight_shape_h5(h5_copy):
@@ -187,7 +164,7 @@ def test_wrong_weight_shape_keras(tmp_path):
     with pytest.raises(
         ModelFileError, match=r"layer 'out' \(Dense\).*'kernel' has shape \(3, 3\)"
     ):
-        ismkernel.load_model(_rewrite_keras(tmp_path, edit_weights=edit))
+        ismkernel.load_model(rewrite_keras(KERAS, tmp_path, edit_weights=edit))
 
 
 @pytest.mark.parametrize("kind", ["k2.h5", "k3.keras"])
@@ -235,7 +212,7 @@ def test_unsupported_padding(tmp_path):
         UnsupportedLayerError,
         match=r"padding='reflect' is not supported; supported: valid, same, causal",
     ):
-        ismkernel.load_model(_rewrite_keras(tmp_path, edit_config=edit))
+        ismkernel.load_model(rewrite_keras(KERAS, tmp_path, edit_config=edit))
 
 
 def test_unsupported_activation(h5_copy):
@@ -261,7 +238,7 @@ def test_reduced_precision_policy_warns(tmp_path):
         ismkernel.IsmkernelWarning,
         match=r"layer 'conv' \(Conv1D\) was saved with dtype policy 'mixed_float16'; ismkernel computes in float32",
     ):
-        ismkernel.load_model(_rewrite_keras(tmp_path, edit_config=edit))
+        ismkernel.load_model(rewrite_keras(KERAS, tmp_path, edit_config=edit))
 
 
 def test_unknown_layer_reference(h5_copy):
