@@ -12,6 +12,10 @@ DTYPES = ("float32", "float64")
 #: reference backend sizes its batches from it when the caller gives none.
 REFERENCE_BATCH_BYTES = 256 * 2**20
 
+#: Upper bound, in bytes, of the unfolded (im2col) input block one reference
+#: convolution GEMM reads; larger batches are convolved in chunks.
+IM2COL_BYTES = 64 * 2**20
+
 #: Batches are never smaller than this many samples, whatever the budget says.
 MIN_BATCH = 1
 

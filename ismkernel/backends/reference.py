@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ismkernel import config
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
@@ -145,15 +146,26 @@ def _conv1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
         seq_len, op.kernel_size, op.stride, op.dilation, op.padding
     )
     x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    span = (op.kernel_size - 1) * op.dilation + 1
+    # windows[n, o, c, k] = x_pad[n, o * stride + k * dilation, c]
+    windows = sliding_window_view(x_pad, span, axis=1)[
+        :, : (out_len - 1) * op.stride + 1 : op.stride, :, :: op.dilation
+    ]
     kernel = node.weights["kernel"].astype(x.dtype, copy=False)
     cg = n_channels // op.groups
     fg = op.n_filters // op.groups
-    out = np.zeros((n_seqs, out_len, op.n_filters), dtype=x.dtype)
-    for k in range(op.kernel_size):
-        rows = _taps(x_pad, k * op.dilation, out_len, op.stride)
-        for g in range(op.groups):
-            out[..., g * fg : (g + 1) * fg] += (
-                rows[..., g * cg : (g + 1) * cg] @ kernel[k, :, g * fg : (g + 1) * fg]
+    out = np.empty((n_seqs, out_len, op.n_filters), dtype=x.dtype)
+    # One GEMM over all taps (im2col), in batch chunks that bound the unfolded
+    # copy to the budget.
+    depth = cg * op.kernel_size
+    chunk = max(1, config.IM2COL_BYTES // max(1, out_len * depth * x.dtype.itemsize))
+    for g in range(op.groups):
+        cols_g = windows[:, :, g * cg : (g + 1) * cg, :]
+        w_g = kernel[:, :, g * fg : (g + 1) * fg].transpose(1, 0, 2).reshape(depth, fg)
+        for start in range(0, n_seqs, chunk):
+            cols = cols_g[start : start + chunk].reshape(-1, depth)
+            out[start : start + chunk, :, g * fg : (g + 1) * fg] = (cols @ w_g).reshape(
+                -1, out_len, fg
             )
     if op.use_bias:
         out += node.weights["bias"].astype(x.dtype, copy=False)
