@@ -41,3 +41,13 @@ def test_import_pulls_in_no_gpu_or_framework_module():
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(block) == 2, "the README opens with the two newcomer commands"
+    assert block[0].endswith("python examples/quickstart.py")
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == block[1]
