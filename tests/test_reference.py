@@ -24,10 +24,6 @@ def one_op_graph(op, in_shape, weights=None, n_inputs=1):
     graph.add(Node("op", op, tuple(names), weights or {}))
     graph.outputs = ["op"]
     graph.output_names = ["op"]
-    for node in graph.nodes.values():
-        from ismkernel.ir import infer_shape
-
-        node.shape = infer_shape(node, [graph.nodes[i].shape for i in node.inputs])
     return graph
 
 

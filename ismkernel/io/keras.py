@@ -25,7 +25,6 @@ from ismkernel.errors import (
 from ismkernel.io.keras_layers import HANDLERS, IDENTITY_LAYERS, supported_layers
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
-from ismkernel.ir.shapes import infer_shape
 
 __all__ = ["build_graph", "keras_major", "LayerCall", "WeightSource", "snake_case"]
 
@@ -118,7 +117,7 @@ class LayerCall:
             layer="/".join(self.wpath),
             layer_class=self.layer_class,
         )
-        return self.builder.add(node)
+        return self.builder.graph.add(node)
 
     def weights(self, expected: dict[str, tuple]) -> dict[str, np.ndarray]:
         """The layer's weights by name, checked against ``expected`` shapes.
@@ -240,10 +239,6 @@ class _Builder:
         self.weight_cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
         self.warned_dtype = False
 
-    def add(self, node: Node) -> str:
-        node.shape = infer_shape(node, [self.graph.nodes[i].shape for i in node.inputs])
-        return self.graph.add(node)
-
     # -- models ------------------------------------------------------------
 
     def build(self) -> Graph:
@@ -300,7 +295,7 @@ class _Builder:
             layer=name,
             layer_class="InputLayer",
         )
-        return self.add(node)
+        return self.graph.add(node)
 
     def _sequential(
         self, entry: dict, scope: _Scope, inputs: list[str] | None

@@ -26,8 +26,9 @@ class TensorSpec:
 class Graph:
     """A DAG of nodes with named inputs and outputs.
 
-    ``nodes`` is kept in topological order; :meth:`finalize` checks it, infers
-    every shape and drops nodes no output depends on.
+    ``nodes`` is kept in topological order: :meth:`add` checks that a node's
+    inputs exist and infers its shape; :meth:`finalize` drops nodes no output
+    depends on.
 
     Parameters
     ----------
@@ -54,11 +55,12 @@ class Graph:
                 raise ShapeError(
                     f"{node.where()} reads '{src}', which is not defined before it"
                 )
+        node.shape = infer_shape(node, [self.nodes[i].shape for i in node.inputs])
         self.nodes[node.name] = node
         return node.name
 
     def finalize(self) -> Graph:
-        """Prune unused nodes and infer every shape (raises naming the layer)."""
+        """Drop the nodes that neither an output nor an input depends on."""
         needed: set[str] = set()
         stack = list(self.outputs) + list(self.inputs)
         while stack:
@@ -67,8 +69,6 @@ class Graph:
                 needed.add(name)
                 stack.extend(self.nodes[name].inputs)
         self.nodes = {k: v for k, v in self.nodes.items() if k in needed}
-        for node in self.nodes.values():
-            node.shape = infer_shape(node, [self.nodes[i].shape for i in node.inputs])
         return self
 
     @property

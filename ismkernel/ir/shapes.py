@@ -143,13 +143,14 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
     if isinstance(op, (ops.PReLU, ops.ChannelAffine)):
         for name, w in node.weights.items():
             try:
-                if _broadcast(w.shape, x) != tuple(x):
-                    raise ShapeError("grows")
+                fits = _broadcast(w.shape, x) == tuple(x)
             except ShapeError:
+                fits = False
+            if not fits:
                 raise ShapeError(
                     f"{where}: weight '{name}' of shape {w.shape} does not fit an "
                     f"input of shape {x}"
-                ) from None
+                )
         return tuple(x)
 
     if isinstance(op, ops.LayerNorm):
