@@ -46,6 +46,15 @@ def assert_close_keras(comp: np.ndarray, ref: np.ndarray, what: str) -> None:
     np.testing.assert_allclose(comp, ref, rtol=1e-5, atol=1e-6, err_msg=what)
 
 
+def edit_h5_config(path, edit) -> None:
+    """Apply ``edit`` to the JSON ``model_config`` of the HDF5 model at ``path``."""
+    with h5py.File(path, "r+") as f:
+        raw = f.attrs["model_config"]
+        cfg = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        edit(cfg)
+        f.attrs["model_config"] = json.dumps(cfg)
+
+
 def rewrite_keras(
     name, dst_dir, edit_config=None, edit_weights=None, drop=(), replace=None
 ):

@@ -12,7 +12,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import fixture_path, rewrite_keras
+from conftest import edit_h5_config, fixture_path, rewrite_keras
 
 import ismkernel
 from ismkernel import ModelFileError, ShapeError, UnsupportedLayerError
@@ -277,10 +277,7 @@ CASES = [
 def test_bad_config(tmp_path, fixture, edit, error, message):
     dst = tmp_path / "model.h5"
     shutil.copy(fixture_path(f"{fixture}.k2.h5"), dst)
-    with h5py.File(dst, "r+") as f:
-        cfg = json.loads(f.attrs["model_config"])
-        edit(cfg)
-        f.attrs["model_config"] = json.dumps(cfg)
+    edit_h5_config(dst, edit)
     with pytest.raises(error, match=message):
         ismkernel.load_model(dst)
 

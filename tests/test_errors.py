@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
-from conftest import REFUSED, fixture_path, rewrite_keras
+from conftest import REFUSED, edit_h5_config, fixture_path, rewrite_keras
 
 import ismkernel
 from ismkernel import (
@@ -29,14 +28,6 @@ def h5_copy(tmp_path):
     dst = tmp_path / "model.h5"
     shutil.copy(fixture_path(H5), dst)
     return dst
-
-
-def _edit_h5_config(path, edit):
-    with h5py.File(path, "r+") as f:
-        raw = f.attrs["model_config"]
-        cfg = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        edit(cfg)
-        f.attrs["model_config"] = json.dumps(cfg)
 
 
 def _layer(cfg, class_name):
@@ -193,7 +184,7 @@ def test_tf_op_layer_is_refused():
 
 
 def test_unsupported_option(h5_copy):
-    _edit_h5_config(
+    edit_h5_config(
         h5_copy,
         lambda c: _layer(c, "Conv1D")["config"].update(data_format="channels_first"),
     )
@@ -216,7 +207,7 @@ def test_unsupported_padding(tmp_path):
 
 
 def test_unsupported_activation(h5_copy):
-    _edit_h5_config(
+    edit_h5_config(
         h5_copy, lambda c: _layer(c, "Conv1D")["config"].update(activation="my_act")
     )
     with pytest.raises(
@@ -242,7 +233,7 @@ def test_reduced_precision_policy_warns(tmp_path):
 
 
 def test_unknown_layer_reference(h5_copy):
-    _edit_h5_config(
+    edit_h5_config(
         h5_copy, lambda c: c["config"].update(output_layers=[["ghost", 0, 0]])
     )
     with pytest.raises(ModelFileError, match="refers to unknown layer 'ghost'"):
@@ -253,7 +244,7 @@ def test_model_without_input_shape(h5_copy):
     def edit(cfg):
         _layer(cfg, "InputLayer")["config"].pop("batch_input_shape")
 
-    _edit_h5_config(h5_copy, edit)
+    edit_h5_config(h5_copy, edit)
     with pytest.raises(ModelFileError, match="has no input shape"):
         ismkernel.load_model(h5_copy)
 
