@@ -22,3 +22,7 @@ MIN_BATCH = 1
 #: Number of channels that marks an input as the (one-hot DNA) sequence input
 #: when the caller does not name one.
 SEQUENCE_CHANNELS = 4
+
+#: Upper bound, in bytes, of what the cpu backend holds at once: the reference
+#: activations of a block of sequences plus the tiles of a chunk of mutants.
+CPU_MEMORY_BYTES = 1024 * 2**20

@@ -9,6 +9,7 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference, resolve_backend
+from ismkernel.errors import InputError
 from ismkernel.inputs import (
     as_feeds,
     check_alternatives,
@@ -40,6 +41,12 @@ class IsmResult:
         Name of the mutated input.
     backend : str
         Backend that computed the result.
+    stats : dict
+        What the run did. The ``cpu`` backend reports ``seconds`` (per node,
+        plus the reference pass), ``n_mutants`` computed, ``n_copied``
+        (rows already equal to the alternative), ``n_early_exit`` (mutants
+        whose change vanished exactly), ``chunk_size``, ``block_size``,
+        ``flops_naive`` and ``flops_plan`` (per mutant).
     """
 
     reference: list[np.ndarray]
@@ -49,6 +56,7 @@ class IsmResult:
     output_names: list[str] = field(default_factory=list)
     seq_input: str = ""
     backend: str = ""
+    stats: dict = field(default_factory=dict)
 
     def delta(self) -> list[np.ndarray]:
         """Per output, mutant minus reference, ``(n_seqs, n_positions, n_alts, *out_shape)``."""
@@ -66,6 +74,7 @@ def ism(
     batch_size: int | None = None,
     progress: bool = False,
     dtype: str = config.DEFAULT_DTYPE,
+    memory_budget: int | None = None,
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -84,12 +93,17 @@ def ism(
         The input to mutate; default the one input with 4 channels, else the
         first.
     backend : str
-        ``"auto"`` or ``"reference"``.
+        ``"cpu"`` (incremental), ``"reference"`` (naive, dense NumPy) or
+        ``"auto"`` (``"cpu"``).
     batch_size : int, optional
-        Mutants per forward pass; default from the memory budget.
+        Mutants per forward pass (``reference``) or per chunk (``cpu``);
+        default from the memory budget.
     progress : bool
         Show a progress bar (tqdm).
     dtype : {"float32", "float64"}
+    memory_budget : int, optional
+        Bytes the ``cpu`` backend may hold at once for reference activations
+        and tiles (default ``config.CPU_MEMORY_BYTES``).
 
     Returns
     -------
@@ -104,19 +118,51 @@ def ism(
     seq = feeds[index]
     pos = check_positions(positions, seq.shape[1])
     alts = check_alternatives(alternatives, seq.shape[2], dt)
-    batch = _check_batch_size(batch_size) or reference.default_batch_size(
-        model.graph, dt
-    )
+    batch = _check_batch_size(batch_size)
+    if memory_budget is not None and (
+        isinstance(memory_budget, bool)
+        or not isinstance(memory_budget, (int, np.integer))
+        or memory_budget < 1
+    ):
+        raise InputError(
+            f"memory_budget must be a positive number of bytes, got {memory_budget!r}"
+        )
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=seq.shape[0] * len(pos) * len(alts), unit="mutant", desc="ISM")
+    stats: dict = {}
     try:
-        ref, outs = reference.naive_ism(
-            model.graph, feeds, index, pos, alts, batch, bar.update if bar else None
-        )
+        if name == "cpu":
+            from ismkernel.backends.cpu import cpu_ism
+
+            ref, outs, run = cpu_ism(
+                model.graph,
+                feeds,
+                index,
+                pos,
+                alts,
+                memory_budget=memory_budget,
+                chunk_size=batch,
+                progress=bar.update if bar else None,
+            )
+            stats = dict(
+                seconds=run.seconds,
+                n_mutants=run.n_mutants,
+                n_copied=run.n_copied,
+                n_early_exit=run.n_early_exit,
+                chunk_size=run.chunk_size,
+                block_size=run.block_size,
+                flops_naive=run.plan.flops_naive,
+                flops_plan=run.plan.flops_plan,
+            )
+        else:
+            batch = batch or reference.default_batch_size(model.graph, dt)
+            ref, outs = reference.naive_ism(
+                model.graph, feeds, index, pos, alts, batch, bar.update if bar else None
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -128,4 +174,5 @@ def ism(
         output_names=model.output_names,
         seq_input=specs[index].name,
         backend=name,
+        stats=stats,
     )

@@ -346,7 +346,7 @@ def test_bad_seq_input_backend_batch_and_dtype(model):
         ismkernel.ism(model, x, seq_input=3)
     with pytest.raises(
         BackendUnavailableError,
-        match="backend 'tpu' is unknown; available: reference, auto",
+        match="backend 'tpu' is unknown; available: reference, cpu, auto",
     ):
         ismkernel.ism(model, x, backend="tpu")
     with pytest.raises(

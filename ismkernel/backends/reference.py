@@ -18,7 +18,14 @@ from ismkernel import config
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
 from ismkernel.ir import nodes as ops
 
-__all__ = ["forward", "naive_ism", "default_batch_size", "apply_activation"]
+__all__ = [
+    "forward",
+    "evaluate",
+    "apply",
+    "naive_ism",
+    "default_batch_size",
+    "apply_activation",
+]
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -282,6 +289,40 @@ _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
 }
 
 
+def apply(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    """Apply ``node``'s op to its batched inputs ``xs`` (the op's definition)."""
+    return _OPS[type(node.op)](node, xs)
+
+
+def evaluate(
+    graph: Graph, feeds: Sequence[np.ndarray], keep_all: bool = True
+) -> dict[str, np.ndarray]:
+    """Dense forward pass returning node values by name.
+
+    With ``keep_all`` every node's value is kept (the reference activations
+    the incremental backends read); otherwise only the outputs, freeing each
+    intermediate value once its last reader has run.
+    """
+    values: dict[str, np.ndarray] = dict(zip(graph.inputs, feeds))
+    remaining = {name: 0 for name in graph.nodes}
+    for node in graph.nodes.values():
+        for src in node.inputs:
+            remaining[src] += 1
+    for name in graph.outputs:
+        remaining[name] += 1
+    for name, node in graph.nodes.items():
+        if name in values:
+            continue
+        values[name] = apply(node, [values[i] for i in node.inputs])
+        if keep_all:
+            continue
+        for src in node.inputs:
+            remaining[src] -= 1
+            if remaining[src] == 0:
+                del values[src]  # keep memory to the live activations
+    return values
+
+
 def forward(graph: Graph, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Dense forward pass.
 
@@ -297,21 +338,7 @@ def forward(graph: Graph, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
     list of ndarray
         One array per model output, ``(n_seqs, *output_shape)``.
     """
-    values: dict[str, np.ndarray] = dict(zip(graph.inputs, feeds))
-    remaining = {name: 0 for name in graph.nodes}
-    for node in graph.nodes.values():
-        for src in node.inputs:
-            remaining[src] += 1
-    for name in graph.outputs:
-        remaining[name] += 1
-    for name, node in graph.nodes.items():
-        if name in values:
-            continue
-        values[name] = _OPS[type(node.op)](node, [values[i] for i in node.inputs])
-        for src in node.inputs:
-            remaining[src] -= 1
-            if remaining[src] == 0:
-                del values[src]  # keep memory to the live activations
+    values = evaluate(graph, feeds, keep_all=False)
     return [values[name] for name in graph.outputs]
 
 

@@ -1,0 +1,556 @@
+"""The CPU executor: runs a :class:`~ismkernel.plan.Plan` on NumPy arrays.
+
+Work is done per *chunk* of mutants (sequence, position, alternative), drawn
+from a *block* of sequences whose reference activations are computed once and
+kept. Within a chunk every node is computed for all its mutants at once: the
+GEMMs of all positions, alternatives and sequences of the chunk are one call
+to BLAS, the rest runs in the Numba kernels of :mod:`.kernels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ismkernel import config
+from ismkernel.backends import reference
+from ismkernel.backends.cpu import kernels
+from ismkernel.ir import Graph, Node, conv_padding, pool_padding
+from ismkernel.ir import nodes as ops
+from ismkernel.plan import Plan, build_plan
+
+__all__ = ["cpu_ism", "CpuRun"]
+
+# Ops after which a mutant's change may vanish exactly (clamps, maxima).
+_CAN_VANISH = (ops.Activation, ops.PReLU, ops.Pool1D, ops.Merge)
+
+
+@dataclasses.dataclass
+class _State:
+    """A node's values for the mutants of a chunk."""
+
+    tile: np.ndarray | None = None  # (n_mut, width, ch) for row/tile nodes
+    start: np.ndarray | None = None  # (n_mut,) window starts
+    value: np.ndarray | None = None  # (n_mut, *shape) for full nodes
+
+
+class _Pool:
+    """Reuses the large arrays of one chunk in the next.
+
+    Chunks repeat the same shapes, so after the first one no tile is freshly
+    allocated: fresh pages cost a page fault each, which on Basset-size tiles
+    was a fifth of the run time.
+    """
+
+    def __init__(self):
+        self.free: dict[tuple, list[np.ndarray]] = {}
+        self.owned: set[int] = set()
+
+    def get(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        stack = self.free.get((tuple(shape), np.dtype(dtype).str))
+        if stack:
+            return stack.pop()
+        arr = np.empty(shape, dtype=dtype)
+        self.owned.add(id(arr))
+        return arr
+
+    def put(self, arr: np.ndarray | None) -> None:
+        if arr is None or id(arr) not in self.owned:
+            return
+        key = (arr.shape, arr.dtype.str)
+        stack = self.free.setdefault(key, [])
+        if not any(a is arr for a in stack):
+            stack.append(arr)
+
+
+@dataclasses.dataclass
+class CpuRun:
+    """What a run did: time per node, mutants, exact-zero early exits."""
+
+    plan: Plan
+    seconds: dict[str, float]
+    n_mutants: int = 0
+    n_copied: int = 0
+    n_early_exit: int = 0
+    chunk_size: int = 0
+    block_size: int = 0
+
+
+class _Prepared:
+    """Per-node constants of a plan: GEMM-ready kernels, paddings, flags."""
+
+    def __init__(self, plan: Plan, alternatives: np.ndarray, dtype: np.dtype):
+        self.plan = plan
+        graph = plan.graph
+        self.dtype = dtype
+        self.conv: dict[str, dict] = {}
+        self.dense_rows: dict[str, np.ndarray] = {}
+        self.check_zero: set[str] = set()
+        self.valid_conv: dict[str, Node] = {}
+        for name, node in graph.nodes.items():
+            p = plan.nodes[name]
+            op = node.op
+            if isinstance(op, ops.Conv1D) and p.kind == "tile":
+                in_len = plan.shapes[node.inputs[0]][0]
+                left, _, _ = conv_padding(
+                    in_len, op.kernel_size, op.stride, op.dilation, op.padding
+                )
+                kernel = node.weights["kernel"].astype(dtype)
+                cg, fg = kernel.shape[1], op.n_filters // op.groups
+                mats = [
+                    np.ascontiguousarray(
+                        kernel[:, :, g * fg : (g + 1) * fg]
+                        .transpose(1, 0, 2)
+                        .reshape(cg, op.kernel_size * fg)
+                    )
+                    for g in range(op.groups)
+                ]
+                info = dict(left=left, mats=mats, cg=cg, fg=fg)
+                if p.strategy == "lookup":
+                    info["alt_taps"] = (alternatives @ mats[0]).reshape(
+                        len(alternatives), op.kernel_size, op.n_filters
+                    )
+                self.conv[name] = info
+                if p.strategy == "window":
+                    self.valid_conv[name] = dataclasses.replace(
+                        node,
+                        op=dataclasses.replace(op, padding="valid"),
+                        weights={k: v.astype(dtype) for k, v in node.weights.items()},
+                    )
+            if p.strategy == "flatten-dense":
+                flat = graph.nodes[node.inputs[0]]
+                src = plan.shapes[flat.inputs[0]]
+                kernel = node.weights["kernel"].astype(dtype)
+                if flat.op.channels_first:
+                    kernel = (
+                        kernel.reshape(src[1], src[0], -1)
+                        .transpose(1, 0, 2)
+                        .reshape(src[0] * src[1], -1)
+                    )
+                self.dense_rows[name] = np.ascontiguousarray(kernel)
+        # Cut points: a tile node that is all a chunk still needs, after an op
+        # that can clamp a change to exactly zero.
+        outputs = set(graph.outputs)
+        live: set[str] = set()
+        for name, node in graph.nodes.items():
+            live.add(name)
+            for src in list(live):
+                if plan.last_use.get(src) == name and src not in outputs:
+                    live.discard(src)
+            if name in outputs and not plan.last_use.get(name):
+                live.discard(name)
+            varying = {n for n in live if plan.nodes[n].kind != "const"}
+            if (
+                varying == {name}
+                and plan.nodes[name].kind == "tile"
+                and isinstance(node.op, _CAN_VANISH)
+                and name not in outputs
+            ):
+                self.check_zero.add(name)
+
+
+def _in_place(node: Node, x: np.ndarray) -> bool:
+    """Apply the cheap pointwise ops in place on a tile nobody reads after."""
+    op = node.op
+    t = x.dtype.type
+    if isinstance(op, ops.Activation) and op.fn == "linear":
+        return True
+    if (
+        isinstance(op, ops.Activation)
+        and op.fn == "relu"
+        and op.negative_slope == 0
+        and op.max_value is None
+        and op.threshold == 0
+    ):
+        np.maximum(x, t(0), out=x)
+        return True
+    if isinstance(op, ops.ChannelAffine):
+        np.multiply(x, node.weights["scale"].astype(x.dtype, copy=False), out=x)
+        np.add(x, node.weights["shift"].astype(x.dtype, copy=False), out=x)
+        return True
+    return False
+
+
+def _block_refs(graph: Graph, feeds: Sequence[np.ndarray], plan: Plan) -> dict:
+    """Reference activations of every node for a block of sequences."""
+    values = reference.evaluate(graph, feeds)
+    extras = {}
+    for name, p in plan.nodes.items():
+        if p.strategy == "global-max":
+            x = values[graph.nodes[name].inputs[0]]
+            n, length, ch = x.shape
+            pre = np.full((n, length + 1, ch), -np.inf, dtype=x.dtype)
+            np.maximum.accumulate(x, axis=1, out=pre[:, 1:])
+            suf = np.full((n, length + 1, ch), -np.inf, dtype=x.dtype)
+            suf[:, :-1] = np.maximum.accumulate(x[:, ::-1], axis=1)[:, ::-1]
+            extras[name] = (pre, suf)
+    return values, extras
+
+
+class _Chunk:
+    """Computes every node of the plan for one chunk of mutants."""
+
+    def __init__(self, prep, refs, extras, x_seq, alternatives, seconds, pool):
+        self.prep = prep
+        self.pool = pool
+        self.plan = prep.plan
+        self.graph = self.plan.graph
+        self.refs = refs
+        self.extras = extras
+        self.x_seq = x_seq
+        self.alts = alternatives
+        self.seconds = seconds
+
+    # -- helpers ----------------------------------------------------------
+    def _buf(self, *shape) -> np.ndarray:
+        return self.pool.get(shape, self.prep.dtype)
+
+    def _ref_window(self, name: str, start: np.ndarray, width: int) -> np.ndarray:
+        """Reference rows ``[start, start + width)`` of ``name`` per mutant (pooled)."""
+        ref = self.refs[name]
+        out = self._buf(len(self.seq), width, ref.shape[2])
+        return kernels.gather(None, None, ref, self.seq, start, width, out=out)
+
+    def _release(self, arr, states) -> None:
+        if arr is not None and not any(st.tile is arr for st in states.values()):
+            self.pool.put(arr)
+
+    def _window_of(
+        self, state: _State, name: str, start: np.ndarray, width: int, pad=0.0
+    ):
+        """Values of node ``name`` on rows ``[start, start + width)``."""
+        ref = self.refs[name]
+        if state is not None and state.tile is not None:
+            if state.tile.shape[1] == width and np.array_equal(state.start, start):
+                return state.tile
+        out = self._buf(len(self.seq), width, ref.shape[2])
+        if state is None or state.tile is None:
+            return kernels.gather(None, None, ref, self.seq, start, width, pad, out=out)
+        return kernels.gather(
+            state.tile, state.start, ref, self.seq, start, width, pad, out=out
+        )
+
+    def _full(self, states, name: str) -> np.ndarray:
+        """All values of node ``name`` for every mutant."""
+        p = self.plan.nodes[name]
+        if p.kind == "const":
+            return self.refs[name][self.seq]
+        st = states[name]
+        if p.kind == "full":
+            return st.value
+        if p.kind == "virtual":
+            node = self.graph.nodes[name]
+            return reference.apply(node, [self._full(states, node.inputs[0])])
+        length = self.plan.shapes[name][0]
+        zero = np.zeros(len(self.seq), dtype=np.int64)
+        return self._window_of(st, name, zero, length)
+
+    # -- the pass ---------------------------------------------------------
+    def run(self, seq, pos_idx, alt_idx, on_output: Callable) -> int:
+        """Compute the chunk; ``on_output(k, rows, values)`` receives outputs.
+
+        Returns the number of mutants that stopped early (exact zero change).
+        """
+        self.seq, self.pos_idx, self.alt_idx = seq, pos_idx, alt_idx
+        rows = np.arange(len(seq))
+        states: dict[str, _State] = {}
+        early = 0
+        outputs = self.graph.outputs
+        for name, node in self.graph.nodes.items():
+            p = self.plan.nodes[name]
+            t0 = time.perf_counter()
+            if p.kind != "const":
+                states[name] = self._node(name, node, p, states)
+            if name in self.prep.check_zero:
+                st = states[name]
+                same = kernels.unchanged(st.tile, st.start, self.refs[name], self.seq)
+                if same.any():
+                    keep = ~same
+                    early += int(same.sum())
+                    rows = rows[keep]
+                    self.seq, self.pos_idx, self.alt_idx = (
+                        self.seq[keep],
+                        self.pos_idx[keep],
+                        self.alt_idx[keep],
+                    )
+                    states = {name: _State(tile=st.tile[keep], start=st.start[keep])}
+                    self.pool.put(st.tile)
+            for k, out_name in enumerate(outputs):
+                if out_name == name and self.plan.nodes[name].kind != "const":
+                    values = self._full(states, name)
+                    on_output(k, rows, values)
+                    self._release(values, states)
+            for src in list(states):
+                if self.plan.last_use.get(src) == name:
+                    self._release(states.pop(src).tile, states)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            if not len(rows):
+                break
+        for st in states.values():
+            self.pool.put(st.tile)
+        return early
+
+    def _node(self, name: str, node: Node, p, states) -> _State:
+        op = node.op
+        plan = self.plan
+        start = p.start[self.pos_idx] if p.start is not None else None
+        if p.kind == "row":
+            positions = plan.positions[self.pos_idx]
+            tile = self.x_seq[self.seq, start][:, None, :].copy()
+            hit = start == positions
+            tile[hit, 0] = self.alts[self.alt_idx[hit]]
+            return _State(tile=tile, start=start)
+        if p.kind == "full":
+            return _State(value=self._full_node(name, node, p, states))
+        if p.kind == "virtual":
+            return _State()  # read only by flatten-dense nodes
+        if isinstance(op, ops.Conv1D):
+            return _State(tile=self._conv(name, node, p, start, states), start=start)
+        if isinstance(op, ops.Pool1D):
+            src = node.inputs[0]
+            st = states.get(src)
+            in_len = plan.shapes[src][0]
+            left, _, _ = pool_padding(in_len, op.pool_size, op.stride, op.padding)
+            out = kernels.pool_window(
+                st.tile,
+                st.start,
+                self.refs[src],
+                self.seq,
+                start,
+                p.width,
+                op.pool_size,
+                op.stride,
+                left,
+                op.mode == "max",
+                out=self._buf(len(self.seq), p.width, plan.shapes[src][1]),
+            )
+            return _State(tile=out, start=start)
+        if isinstance(
+            op, (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.LayerNorm, ops.Dense)
+        ):
+            src = node.inputs[0]
+            st = states.get(src)
+            x = self._window_of(st, src, start, p.width)
+            if (
+                st is not None
+                and x is st.tile
+                and self.plan.last_use.get(src) == name
+                and src not in self.graph.outputs
+                and _in_place(node, x)
+            ):
+                return _State(tile=x, start=start)
+            y = reference.apply(node, [x])
+            if st is None or x is not st.tile:
+                self.pool.put(x)
+            return _State(tile=y, start=start)
+        # gather: merges, concatenation, crops, pads, upsampling
+        if isinstance(op, (ops.Merge, ops.Concatenate)):
+            xs = [
+                self._window_of(states.get(s), s, start, p.width) for s in node.inputs
+            ]
+            return _State(tile=reference.apply(node, xs), start=start)
+        src = node.inputs[0]
+        st = states.get(src)
+        if isinstance(op, ops.Crop1D):
+            return _State(
+                tile=self._window_of(st, src, start + op.start, p.width), start=start
+            )
+        if isinstance(op, ops.ZeroPad1D):
+            return _State(
+                tile=self._window_of(st, src, start - op.left, p.width), start=start
+            )
+        # UpSample1D
+        first = start // op.size
+        n_in = (p.width - 1) // op.size + 2
+        x = np.repeat(self._window_of(st, src, first, n_in), op.size, axis=1)
+        idx = (start - first * op.size)[:, None] + np.arange(p.width)[None, :]
+        return _State(tile=np.take_along_axis(x, idx[:, :, None], axis=1), start=start)
+
+    def _conv(self, name, node, p, start, states) -> np.ndarray:
+        op: ops.Conv1D = node.op
+        info = self.prep.conv[name]
+        src = node.inputs[0]
+        sp = self.plan.nodes[src]
+        st = states.get(src)
+        n_mut = len(self.seq)
+        if p.strategy == "window":
+            span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1
+            patch = self._window_of(st, src, start * op.stride - info["left"], span)
+            return reference.apply(self.prep.valid_conv[name], [patch])
+        if p.strategy == "lookup":
+            positions = self.plan.positions[self.pos_idx]
+            pair = self.seq * len(self.plan.positions) + self.pos_idx
+            _, first, inv = np.unique(pair, return_index=True, return_inverse=True)
+            x_rows = self.x_seq[self.seq[first], positions[first]]
+            ref_taps = (x_rows @ info["mats"][0]).reshape(
+                len(first), op.kernel_size, op.n_filters
+            )
+            return kernels.lookup_add(
+                self.refs[name],
+                self.seq,
+                info["alt_taps"],
+                self.alt_idx,
+                ref_taps,
+                inv.astype(np.int64),
+                positions,
+                start,
+                p.width,
+                info["left"],
+                op.stride,
+                op.dilation,
+                out=self._buf(len(self.seq), p.width, op.n_filters),
+            )
+        out = self._ref_window(name, start, p.width)
+        # delta: the change of the input window times every kernel tap
+        w_in = sp.width
+        delta = self._ref_window(src, st.start, w_in)
+        np.subtract(st.tile, delta, out=delta)
+        flat = delta.reshape(n_mut * w_in, -1)
+        cg, fg = info["cg"], info["fg"]
+        taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
+        if op.groups == 1:
+            np.matmul(flat, info["mats"][0], out=taps.reshape(n_mut * w_in, -1))
+        else:
+            for g, mat in enumerate(info["mats"]):
+                taps[..., g * fg : (g + 1) * fg] = (
+                    flat[:, g * cg : (g + 1) * cg] @ mat
+                ).reshape(n_mut, w_in, op.kernel_size, fg)
+        self.pool.put(delta)
+        kernels.col2im_add(
+            out, taps, st.start, start, info["left"], op.stride, op.dilation
+        )
+        self.pool.put(taps)
+        return out
+
+    def _full_node(self, name, node, p, states) -> np.ndarray:
+        if p.strategy == "flatten-dense":
+            flat = self.graph.nodes[node.inputs[0]]
+            src = flat.inputs[0]
+            sp = self.plan.nodes[src]
+            st = states.get(src)
+            start = st.start
+            ch = self.plan.shapes[src][1]
+            before = self._ref_window(src, start, sp.width)
+            np.subtract(st.tile, before, out=before)
+            delta = before.reshape(len(self.seq), sp.width * ch)
+            rows = self.prep.dense_rows[name]
+            out = self.refs[name][self.seq].copy()
+            order = np.argsort(start, kind="stable")
+            bounds = np.flatnonzero(np.diff(start[order])) + 1
+            for group in np.split(order, bounds):
+                s = int(start[group[0]])
+                out[group] += delta[group] @ rows[s * ch : (s + sp.width) * ch]
+            self.pool.put(before)
+            return out
+        if p.strategy in ("global-avg", "global-max"):
+            src = node.inputs[0]
+            sp = self.plan.nodes[src]
+            st = states[src]
+            length = self.plan.shapes[src][0]
+            if p.strategy == "global-avg":
+                before = self._ref_window(src, st.start, sp.width)
+                np.subtract(st.tile, before, out=before)
+                change = before.sum(axis=1) / st.tile.dtype.type(length)
+                self.pool.put(before)
+                out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
+            else:
+                pre, suf = self.extras[name]
+                out = np.maximum(
+                    np.maximum(
+                        pre[self.seq, st.start], suf[self.seq, st.start + sp.width]
+                    ),
+                    st.tile.max(axis=1),
+                )
+            return out.reshape((len(self.seq),) + self.plan.shapes[name])
+        xs = [self._full(states, s) for s in node.inputs]
+        return reference.apply(node, xs)
+
+
+def _budget(memory_budget: int | None) -> int:
+    return int(memory_budget or config.CPU_MEMORY_BYTES)
+
+
+def cpu_ism(
+    graph: Graph,
+    feeds: Sequence[np.ndarray],
+    seq_index: int,
+    positions: np.ndarray,
+    alternatives: np.ndarray,
+    *,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], CpuRun]:
+    """Incremental ISM on the CPU; same arguments and results as
+    :func:`ismkernel.backends.reference.naive_ism`, plus a :class:`CpuRun`.
+
+    Parameters
+    ----------
+    memory_budget : int, optional
+        Bytes the reference activations of a block of sequences and the tiles
+        of a chunk of mutants may take together (default
+        ``config.CPU_MEMORY_BYTES``).
+    chunk_size : int, optional
+        Mutants per chunk; default from the budget.
+    """
+    dtype = feeds[seq_index].dtype
+    x = feeds[seq_index]
+    n_seqs, n_pos, n_alts = x.shape[0], len(positions), len(alternatives)
+    seq_name = graph.inputs[seq_index]
+    plan = build_plan(
+        graph,
+        seq_name,
+        {name: f.shape[1:] for name, f in zip(graph.inputs, feeds)},
+        positions,
+        itemsize=dtype.itemsize,
+    )
+    prep = _Prepared(plan, alternatives, dtype)
+    budget = _budget(memory_budget)
+    ref_per_seq = sum(math.prod(s) for s in plan.shapes.values()) * dtype.itemsize
+    block = int(max(1, min(n_seqs, (budget // 3) // max(ref_per_seq, 1))))
+    per_mutant = max(plan.peak_bytes_per_mutant(), 1)
+    chunk = chunk_size or int(
+        max(64, min(32768, (budget - block * ref_per_seq) // per_mutant))
+    )
+    run = CpuRun(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
+
+    pool = _Pool()
+    same = np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
+    reference_out: list[np.ndarray] = []
+    outputs: list[np.ndarray] = []
+    out_shapes = [plan.shapes[o] for o in graph.outputs]
+    for shape in out_shapes:
+        outputs.append(np.empty((n_seqs, n_pos, n_alts) + shape, dtype=dtype))
+        reference_out.append(np.empty((n_seqs,) + shape, dtype=dtype))
+    for b0 in range(0, n_seqs, block):
+        b1 = min(n_seqs, b0 + block)
+        block_feeds = [f[b0:b1] for f in feeds]
+        t0 = time.perf_counter()
+        refs, extras = _block_refs(graph, block_feeds, plan)
+        run.seconds["(reference pass)"] = run.seconds.get("(reference pass)", 0.0) + (
+            time.perf_counter() - t0
+        )
+        for k, name in enumerate(graph.outputs):
+            reference_out[k][b0:b1] = refs[name]
+            outputs[k][b0:b1] = refs[name][:, None, None]
+        s_i, p_i, a_i = np.nonzero(~same[b0:b1])
+        run.n_mutants += len(s_i)
+        worker = _Chunk(prep, refs, extras, x[b0:b1], alternatives, run.seconds, pool)
+        for c0 in range(0, len(s_i), chunk):
+            sl = slice(c0, c0 + chunk)
+            s, pj, a = s_i[sl], p_i[sl], a_i[sl]
+
+            def write(k, rows, values, s=s, pj=pj, a=a, b0=b0):
+                outputs[k][b0 + s[rows], pj[rows], a[rows]] = values
+
+            run.n_early_exit += worker.run(s, pj, a, write)
+            if progress is not None:
+                progress(len(s))
+    run.n_copied = int(same.sum())
+    if progress is not None and run.n_copied:
+        progress(run.n_copied)
+    return reference_out, outputs, run

@@ -1,0 +1,291 @@
+"""Numba kernels of the CPU executor: the non-GEMM work, parallel over mutants.
+
+Every kernel takes per-mutant index arrays (int64) and writes into arrays the
+caller allocates, so it compiles once per dtype. A *window* of a node for
+mutant ``m`` is rows ``[start[m], start[m] + width)`` of its output; a *tile*
+holds the mutant's values on its window, and the reference (per sequence)
+holds every row.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["gather", "col2im_add", "pool_window", "lookup_add", "unchanged"]
+
+_OPTS = dict(parallel=True, cache=True, nogil=True, fastmath=False)
+
+
+@numba.njit(**_OPTS)
+def _gather(tile, tile_start, ref, seq, start, out, pad):
+    n_mut, width, n_ch = out.shape
+    t_width = tile.shape[1]
+    length = ref.shape[1]
+    for m in numba.prange(n_mut):
+        s = seq[m]
+        t0 = tile_start[m]
+        for j in range(width):
+            p = start[m] + j
+            if t0 <= p < t0 + t_width:
+                for c in range(n_ch):
+                    out[m, j, c] = tile[m, p - t0, c]
+            elif 0 <= p < length:
+                for c in range(n_ch):
+                    out[m, j, c] = ref[s, p, c]
+            else:
+                for c in range(n_ch):
+                    out[m, j, c] = pad
+
+
+def gather(
+    tile: np.ndarray | None,
+    tile_start: np.ndarray | None,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    start: np.ndarray,
+    width: int,
+    pad: float = 0.0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows ``[start[m], start[m] + width)`` of each mutant's values.
+
+    Parameters
+    ----------
+    tile : ndarray (n_mut, tile_width, n_ch) or None
+        The mutants' values on their windows (None: the reference only).
+    tile_start : ndarray of int64 (n_mut,) or None
+    ref : ndarray (n_seqs, length, n_ch)
+        Reference values of the node, per sequence.
+    seq : ndarray of int64 (n_mut,)
+        Each mutant's row in ``ref``.
+    start : ndarray of int64 (n_mut,)
+    width : int
+    pad : float
+        Value of rows outside ``[0, length)``.
+    out : ndarray (n_mut, width, n_ch), optional
+        Where to write.
+    """
+    n_mut = len(seq)
+    if out is None:
+        out = np.empty((n_mut, width, ref.shape[2]), dtype=ref.dtype)
+    if tile is None:
+        tile = np.empty((n_mut, 0, ref.shape[2]), dtype=ref.dtype)
+        tile_start = start
+    _gather(
+        np.ascontiguousarray(tile),
+        tile_start,
+        ref,
+        seq,
+        start,
+        out,
+        ref.dtype.type(pad),
+    )
+    return out
+
+
+@numba.njit(**_OPTS)
+def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
+    n_mut, width, n_ch = out.shape
+    n_in, n_taps = taps.shape[1], taps.shape[2]
+    for m in numba.prange(n_mut):
+        o0 = out_start[m]
+        for j in range(n_in):
+            p = in_start[m] + j
+            for k in range(n_taps):
+                num = p + left - k * dilation
+                if num < 0 or num % stride:
+                    continue
+                o = num // stride - o0
+                if 0 <= o < width:
+                    for c in range(n_ch):
+                        out[m, o, c] += taps[m, j, k, c]
+
+
+def col2im_add(
+    out: np.ndarray,
+    taps: np.ndarray,
+    in_start: np.ndarray,
+    out_start: np.ndarray,
+    left: int,
+    stride: int,
+    dilation: int,
+) -> None:
+    """Add the per-tap products of changed input rows to the output windows.
+
+    ``taps[m, j, k]`` is input row ``in_start[m] + j`` times kernel tap ``k``;
+    it lands on output row ``o`` with ``o * stride - left + k * dilation`` equal
+    to that input row, when ``o`` lies in the mutant's output window.
+    """
+    _col2im_add(out, taps, in_start, out_start, left, stride, dilation)
+
+
+@numba.njit(**_OPTS)
+def _pool_window(
+    tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
+):
+    n_mut, width, n_ch = out.shape
+    t_width = tile.shape[1]
+    length = ref.shape[1]
+    for m in numba.prange(n_mut):
+        s = seq[m]
+        t0 = tile_start[m]
+        for j in range(width):
+            first = (out_start[m] + j) * stride - left
+            count = 0
+            for t in range(pool):
+                p = first + t
+                if p < 0 or p >= length:
+                    continue
+                if t0 <= p < t0 + t_width:
+                    row = tile[m, p - t0]
+                else:
+                    row = ref[s, p]
+                if count == 0:
+                    for c in range(n_ch):
+                        out[m, j, c] = row[c]
+                elif is_max:
+                    for c in range(n_ch):
+                        if row[c] > out[m, j, c]:
+                            out[m, j, c] = row[c]
+                else:
+                    for c in range(n_ch):
+                        out[m, j, c] += row[c]
+                count += 1
+            if not is_max:
+                for c in range(n_ch):
+                    out[m, j, c] /= count
+
+
+def pool_window(
+    tile: np.ndarray,
+    tile_start: np.ndarray,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    out_start: np.ndarray,
+    width: int,
+    pool: int,
+    stride: int,
+    left: int,
+    is_max: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Max or average pooling of each mutant's input on its output window.
+
+    Rows outside the input are skipped (TensorFlow's ``same`` rule: never the
+    maximum, not counted in the mean).
+    """
+    if out is None:
+        out = np.empty((len(seq), width, ref.shape[2]), dtype=ref.dtype)
+    _pool_window(
+        np.ascontiguousarray(tile),
+        tile_start,
+        ref,
+        seq,
+        out_start,
+        out,
+        pool,
+        stride,
+        left,
+        is_max,
+    )
+    return out
+
+
+@numba.njit(**_OPTS)
+def _lookup_add(
+    out,
+    ref_out,
+    seq,
+    alt_taps,
+    alt,
+    ref_taps,
+    pair,
+    pos,
+    out_start,
+    left,
+    stride,
+    dilation,
+):
+    n_mut, width, n_ch = out.shape
+    n_taps = alt_taps.shape[1]
+    for m in numba.prange(n_mut):
+        s = seq[m]
+        o0 = out_start[m]
+        for j in range(width):
+            for c in range(n_ch):
+                out[m, j, c] = ref_out[s, o0 + j, c]
+        for k in range(n_taps):
+            num = pos[m] + left - k * dilation
+            if num < 0 or num % stride:
+                continue
+            o = num // stride - o0
+            if 0 <= o < width:
+                a = alt[m]
+                r = pair[m]
+                for c in range(n_ch):
+                    out[m, o, c] += alt_taps[a, k, c] - ref_taps[r, k, c]
+
+
+def lookup_add(
+    ref_out: np.ndarray,
+    seq: np.ndarray,
+    alt_taps: np.ndarray,
+    alt: np.ndarray,
+    ref_taps: np.ndarray,
+    pair: np.ndarray,
+    pos: np.ndarray,
+    out_start: np.ndarray,
+    width: int,
+    left: int,
+    stride: int,
+    dilation: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """First convolution on a mutated row: the reference output window plus,
+    on each tap's output row, ``alt_taps[alt[m], k] - ref_taps[pair[m], k]``
+    (the kernel taps of the new row minus those of the old one)."""
+    if out is None:
+        out = np.empty((len(seq), width, ref_out.shape[2]), dtype=ref_out.dtype)
+    _lookup_add(
+        out,
+        ref_out,
+        seq,
+        alt_taps,
+        alt,
+        ref_taps,
+        pair,
+        pos,
+        out_start,
+        left,
+        stride,
+        dilation,
+    )
+    return out
+
+
+@numba.njit(**_OPTS)
+def _unchanged(tile, tile_start, ref, seq, out):
+    n_mut, width, n_ch = tile.shape
+    for m in numba.prange(n_mut):
+        s = seq[m]
+        t0 = tile_start[m]
+        same = True
+        for j in range(width):
+            for c in range(n_ch):
+                if tile[m, j, c] != ref[s, t0 + j, c]:
+                    same = False
+                    break
+            if not same:
+                break
+        out[m] = same
+
+
+def unchanged(
+    tile: np.ndarray, tile_start: np.ndarray, ref: np.ndarray, seq: np.ndarray
+) -> np.ndarray:
+    """Per mutant, whether its window equals the reference exactly (stops at
+    the first difference, so changed mutants cost almost nothing)."""
+    out = np.empty(len(seq), dtype=np.bool_)
+    _unchanged(np.ascontiguousarray(tile), tile_start, ref, seq, out)
+    return out

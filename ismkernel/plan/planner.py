@@ -1,0 +1,512 @@
+"""The planner: per node, what a mutation changes, how to compute it, and at
+what cost.
+
+A :class:`Plan` is built for one graph, one mutated input, one concrete
+sequence length and one set of mutated positions. It holds no data arrays of
+the model's activations, only index arithmetic, so it is cheap to build.
+
+Node kinds
+----------
+``row``
+    The mutated input: one row per mutant.
+``const``
+    Does not depend on the mutated input; the reference value is used.
+``tile``
+    A length-local op (convolution, pooling, pointwise, merge, crop, ...):
+    each mutant's values are computed on a fixed-width window of rows
+    ``[start, start + width)`` that covers every row the mutation can change
+    and downstream reads; outside it the mutant equals the reference.
+``virtual``
+    A Flatten read only by Dense layers: never materialised, the Dense layers
+    apply their rows to the window's change directly.
+``full``
+    Every value of every mutant is computed (a vector after Flatten/Dense or
+    global pooling, or anything downstream of an op with no incremental
+    rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ismkernel.ir import Graph, infer_shape
+from ismkernel.ir import nodes as ops
+from ismkernel.plan.intervals import (
+    EMPTY,
+    backward_need,
+    forward_interval,
+    hull,
+)
+
+__all__ = ["NodePlan", "Plan", "build_plan", "concrete_shapes"]
+
+_LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
+_POINTWISE = (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.LayerNorm, ops.Dense)
+
+
+@dataclass
+class NodePlan:
+    """How one node is computed for a batch of mutants.
+
+    Attributes
+    ----------
+    name : str
+    kind : str
+        ``row``, ``const``, ``tile``, ``virtual`` or ``full`` (module docs).
+    strategy : str
+        ``row``, ``reference``, ``lookup`` (first convolution: kernel taps of
+        the changed row), ``delta`` (convolution of the change of the input
+        window), ``window`` (convolution recomputed on the window), ``pool``,
+        ``pointwise``, ``gather`` (merge, concatenate, crop, pad, upsample),
+        ``virtual``, ``flatten-dense`` (Dense rows of the window applied to its
+        change), ``global-avg``, ``global-max`` or ``dense``.
+    shape : tuple of int
+        Per-sample output shape at this sequence length.
+    lo, hi : ndarray of int64, shape (n_positions,)
+        For ``row``/``tile`` nodes: rows the mutation at each position can
+        change, restricted to the rows needed downstream.
+    need : (int, int)
+        Rows of this node that anything downstream reads.
+    width : int
+        Width of every mutant's window (``tile``/``row``).
+    start : ndarray of int64, shape (n_positions,)
+        First row of the window, per mutated position.
+    flops_naive, flops_plan : float
+        Floating-point operations per mutant of a full forward pass of this
+        node and of the plan's strategy.
+    bytes_per_mutant : int
+        Bytes per mutant of this node's values plus its scratch space.
+    reason : str
+        Why a node that reads the mutated input is computed in full.
+    """
+
+    name: str
+    kind: str
+    strategy: str
+    shape: tuple
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    need: tuple[int, int] = EMPTY
+    width: int = 0
+    start: np.ndarray | None = None
+    flops_naive: float = 0.0
+    flops_plan: float = 0.0
+    bytes_per_mutant: int = 0
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    """The plan of an ISM run (see the module docs).
+
+    Attributes
+    ----------
+    graph : Graph
+    seq_input : str
+        Name of the mutated input node.
+    seq_len : int
+    positions : ndarray of int64
+    nodes : dict of str to NodePlan, in topological order
+    shapes : dict of str to tuple
+        Concrete per-sample shapes.
+    last_use : dict of str to str
+        The last node (in order) that reads each node; outputs read at the end.
+    """
+
+    graph: Graph
+    seq_input: str
+    seq_len: int
+    positions: np.ndarray
+    nodes: dict[str, NodePlan]
+    shapes: dict[str, tuple]
+    itemsize: int = 4
+    last_use: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def flops_naive(self) -> float:
+        """FLOPs per mutant of a full forward pass (naive ISM)."""
+        return float(sum(n.flops_naive for n in self.nodes.values()))
+
+    @property
+    def flops_plan(self) -> float:
+        """FLOPs per mutant of this plan."""
+        return float(sum(n.flops_plan for n in self.nodes.values()))
+
+    @property
+    def ceiling(self) -> float:
+        """Naive FLOPs over plan FLOPs: the speedup the arithmetic allows."""
+        return self.flops_naive / max(self.flops_plan, 1.0)
+
+    def peak_bytes_per_mutant(self) -> int:
+        """Most bytes per mutant alive at once while the nodes run in order."""
+        live: dict[str, int] = {}
+        peak = 0
+        outputs = set(self.graph.outputs)
+        for name, p in self.nodes.items():
+            live[name] = p.bytes_per_mutant
+            peak = max(peak, sum(live.values()))
+            for src in list(live):
+                if self.last_use.get(src) == name and src not in outputs:
+                    live.pop(src, None)
+        full_out = sum(
+            math.prod(self.shapes[o]) * self.itemsize for o in self.graph.outputs
+        )
+        return int(max(peak, sum(live.values()) + full_out))
+
+    def mid_window(self, name: str) -> tuple[int, int] | None:
+        """Affected rows of ``name`` for the mutated position nearest the middle."""
+        p = self.nodes[name]
+        if p.kind not in ("row", "tile") or not len(self.positions):
+            return None
+        j = int(np.argmin(np.abs(self.positions - self.seq_len // 2)))
+        return int(p.lo[j]), int(p.hi[j])
+
+    def describe(self) -> str:
+        """A table of the plan, one node per line (``ismkernel inspect``)."""
+        rows = [
+            (
+                "node",
+                "op",
+                "kind",
+                "strategy",
+                "window",
+                "width",
+                "MFLOP naive",
+                "MFLOP plan",
+            )
+        ]
+        for name, p in self.nodes.items():
+            op = self.graph.nodes[name].op.kind
+            win = self.mid_window(name)
+            rows.append(
+                (
+                    name,
+                    op,
+                    p.kind,
+                    p.strategy,
+                    "-" if win is None else f"[{win[0]}, {win[1]})",
+                    str(p.width) if p.kind in ("row", "tile") else "-",
+                    f"{p.flops_naive / 1e6:.3f}",
+                    f"{p.flops_plan / 1e6:.3f}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = []
+        for k, r in enumerate(rows):
+            cells = [
+                c.ljust(w) if i < 6 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths))
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if k == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("")
+        mid = self.seq_len // 2
+        lines.append(
+            f"Sequence length {self.seq_len}; window: rows changed by a mutation at "
+            f"position {mid} (nearest planned)."
+        )
+        lines.append(
+            f"Per mutant: naive {self.flops_naive / 1e6:.3f} MFLOP, plan "
+            f"{self.flops_plan / 1e6:.3f} MFLOP; ceiling speedup {self.ceiling:.1f}x."
+        )
+        dense = [f"  {n}: {p.reason}" for n, p in self.nodes.items() if p.reason]
+        if dense:
+            lines.append("Computed in full from here on:")
+            lines.extend(dense)
+        return "\n".join(lines)
+
+
+def concrete_shapes(graph: Graph, input_shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """Per-sample shapes of every node for concrete input shapes."""
+    shapes: dict[str, tuple] = {}
+    for name, node in graph.nodes.items():
+        if isinstance(node.op, ops.Input):
+            shapes[name] = tuple(input_shapes[name])
+        else:
+            shapes[name] = tuple(infer_shape(node, [shapes[i] for i in node.inputs]))
+    return shapes
+
+
+def _local_reason(node: ops.Node, in_shapes: list[tuple], out_shape: tuple) -> str:
+    """'' if ``node`` has a window rule on rank-2 inputs, else why not."""
+    op = node.op
+    if len(out_shape) != 2 or any(len(s) != 2 for s in in_shapes):
+        return f"{op.kind} on a tensor that is not (length, channels)"
+    if isinstance(op, (ops.Conv1D, ops.Pool1D, *_LOCAL_RESHAPING, ops.LayerNorm)):
+        return ""
+    if isinstance(op, ops.Dense):
+        return ""
+    if isinstance(op, ops.Activation):
+        if op.fn in ("softmax", "log_softmax") and op.axis % 2 == 0:
+            return f"{op.fn} over the length axis"
+        return ""
+    if isinstance(op, (ops.PReLU, ops.ChannelAffine)):
+        for w in node.weights.values():
+            if w.ndim == 2 and w.shape[0] != 1:
+                return "weights vary along the length axis"
+        return ""
+    if isinstance(op, ops.Merge):
+        if any(tuple(s) != tuple(out_shape) for s in in_shapes):
+            return "merge that broadcasts its inputs"
+        return ""
+    if isinstance(op, ops.Concatenate):
+        return "" if op.axis == 1 else "concatenation along the length axis"
+    return f"{op.kind} has no incremental rule"
+
+
+#: Cost, in FLOP equivalents, of moving one value through memory (im2col
+#: copies, per-tap products); used only to choose between strategies.
+_MOVE_COST = 4.0
+
+
+def _conv_costs(op: ops.Conv1D, cin: int, w_in: int, w_out: int) -> tuple[float, ...]:
+    """FLOPs of the delta and window strategies, and their costs with data
+    movement (per-tap products written and re-read; the im2col copy)."""
+    depth = op.kernel_size * (cin // op.groups)
+    delta = 2.0 * w_in * depth * op.n_filters
+    window = 2.0 * w_out * depth * op.n_filters
+    delta_cost = delta + _MOVE_COST * w_in * op.kernel_size * op.n_filters
+    window_cost = window + _MOVE_COST * w_out * depth
+    return delta, window, delta_cost, window_cost
+
+
+def _naive_flops(node: ops.Node, in_shapes: list[tuple], shape: tuple) -> float:
+    op = node.op
+    size = math.prod(shape) if shape else 1
+    if isinstance(op, ops.Conv1D):
+        return (
+            2.0
+            * shape[0]
+            * op.kernel_size
+            * (in_shapes[0][1] // op.groups)
+            * op.n_filters
+        )
+    if isinstance(op, ops.Dense):
+        return 2.0 * math.prod(in_shapes[0]) * op.units
+    if isinstance(op, ops.Pool1D):
+        return float(size * op.pool_size)
+    if isinstance(op, (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.Merge)):
+        return float(
+            size * max(1, len(in_shapes) - 1 if isinstance(op, ops.Merge) else 1)
+        )
+    if isinstance(op, ops.LayerNorm):
+        return 5.0 * size
+    if isinstance(op, ops.GlobalPool1D):
+        return float(math.prod(in_shapes[0]))
+    return 0.0
+
+
+def build_plan(
+    graph: Graph,
+    seq_input: str,
+    input_shapes: dict[str, tuple],
+    positions: np.ndarray,
+    itemsize: int = 4,
+) -> Plan:
+    """Plan ISM of ``graph`` mutating input ``seq_input`` at ``positions``.
+
+    Parameters
+    ----------
+    graph : Graph
+    seq_input : str
+        Name of the mutated input node.
+    input_shapes : dict of str to tuple
+        Concrete per-sample shape of every input.
+    positions : ndarray of int64
+        Mutated rows of ``seq_input``.
+    itemsize : int
+        Bytes per value of the computation dtype.
+    """
+    shapes = concrete_shapes(graph, input_shapes)
+    seq_len = shapes[seq_input][0]
+    positions = np.asarray(positions, dtype=np.int64)
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+
+    # 1. Kinds and strategies, forwards.
+    kinds: dict[str, str] = {}
+    plans: dict[str, NodePlan] = {}
+    for name, node in graph.nodes.items():
+        op, shape = node.op, shapes[name]
+        in_shapes = [shapes[i] for i in node.inputs]
+        in_kinds = [kinds[i] for i in node.inputs]
+        reason = ""
+        if name == seq_input:
+            kind, strategy = "row", "row"
+        elif isinstance(op, ops.Input) or all(k == "const" for k in in_kinds):
+            kind, strategy = "const", "reference"
+        elif "virtual" in in_kinds:
+            kind, strategy = "full", "flatten-dense"  # only Dense reads a virtual
+        elif "full" in in_kinds:
+            kind, strategy = "full", "dense"
+        elif isinstance(op, ops.Flatten) and len(in_shapes[0]) == 2:
+            reads = consumers[name]
+            if (
+                name not in outputs
+                and reads
+                and all(
+                    isinstance(graph.nodes[c].op, ops.Dense)
+                    and len(graph.nodes[c].inputs) == 1
+                    for c in reads
+                )
+            ):
+                kind, strategy = "virtual", "virtual"
+            else:
+                kind, strategy = "full", "dense"
+        elif (
+            isinstance(op, ops.GlobalPool1D) and op.axis == 0 and len(in_shapes[0]) == 2
+        ):
+            kind, strategy = (
+                "full",
+                f"global-{'avg' if op.mode == 'average' else 'max'}",
+            )
+        else:
+            reason = _local_reason(node, in_shapes, shape)
+            if reason:
+                kind, strategy = "full", "dense"
+            elif isinstance(op, ops.Conv1D):
+                kind, strategy = "tile", "conv"  # resolved once widths are known
+            elif isinstance(op, ops.Pool1D):
+                kind, strategy = "tile", "pool"
+            elif isinstance(op, _POINTWISE):
+                kind, strategy = "tile", "pointwise"
+            else:
+                kind, strategy = "tile", "gather"
+        kinds[name] = kind
+        plans[name] = NodePlan(name, kind, strategy, shape, reason=reason)
+
+    # 2. Rows needed downstream, backwards.
+    needs: dict[str, tuple[int, int]] = {}
+    for name in reversed(list(graph.nodes)):
+        if kinds[name] not in ("row", "tile"):
+            continue
+        length = shapes[name][0]
+        need = (0, length) if name in outputs else EMPTY
+        for c in consumers[name]:
+            cp = plans[c]
+            if cp.kind in ("full", "virtual"):
+                need = (0, length)
+            elif cp.kind == "tile":
+                cnode = graph.nodes[c]
+                for idx, src in enumerate(cnode.inputs):
+                    if src == name:
+                        need = hull(
+                            need, backward_need(cnode.op, needs[c], length, idx)
+                        )
+        needs[name] = need
+
+    # 3. Affected intervals, widths and window starts, forwards.
+    for name, node in graph.nodes.items():
+        p = plans[name]
+        in_shapes = [shapes[i] for i in node.inputs]
+        p.flops_naive = _naive_flops(node, in_shapes, p.shape)
+        if p.kind in ("row", "tile"):
+            length = p.shape[0]
+            if p.kind == "row":
+                lo, hi = positions.copy(), positions + 1
+            else:
+                ins = []
+                for src in node.inputs:
+                    sp = plans[src]
+                    if sp.kind == "const":
+                        z = np.zeros_like(positions)
+                        ins.append((z, z))
+                    else:
+                        ins.append((sp.lo, sp.hi))
+                lo, hi = forward_interval(
+                    node.op, ins, [s[0] for s in in_shapes], length
+                )
+            nlo, nhi = needs[name]
+            lo, hi = np.maximum(lo, nlo), np.minimum(hi, nhi)
+            empty = lo >= hi
+            lo, hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
+            width = int(max(1, (hi - lo).max(initial=1)))
+            width = min(width, max(nhi - nlo, 1))
+            p.lo, p.hi, p.need, p.width = lo, hi, (nlo, nhi), width
+            p.start = np.clip(lo, nlo, max(nlo, nhi - width)).astype(np.int64)
+            if p.kind == "row" and nhi - nlo < 1:
+                p.start = np.clip(positions, 0, length - 1)
+            channels = p.shape[1]
+            p.bytes_per_mutant = width * channels * itemsize
+            _cost(p, node, plans, shapes, itemsize)
+        elif p.kind == "full":
+            p.bytes_per_mutant = math.prod(p.shape) * itemsize
+            if p.strategy == "flatten-dense":
+                src = plans[node.inputs[0]]  # the virtual Flatten
+                tile = plans[graph.nodes[src.name].inputs[0]]
+                p.flops_plan = 2.0 * tile.width * tile.shape[1] * node.op.units
+            elif p.strategy.startswith("global"):
+                tile = plans[node.inputs[0]]
+                p.flops_plan = float(tile.width * tile.shape[1])
+            else:
+                p.flops_plan = p.flops_naive
+        if p.kind == "const":
+            p.flops_plan = 0.0
+
+    last_use: dict[str, str] = {}
+    for name, node in graph.nodes.items():
+        for src in node.inputs:
+            last_use[src] = name
+            if plans[src].kind == "virtual":  # read through the Flatten
+                last_use[graph.nodes[src].inputs[0]] = name
+    return Plan(
+        graph=graph,
+        seq_input=seq_input,
+        seq_len=seq_len,
+        positions=positions,
+        nodes=plans,
+        shapes=shapes,
+        itemsize=itemsize,
+        last_use=last_use,
+    )
+
+
+def _cost(
+    p: NodePlan,
+    node: ops.Node,
+    plans: dict[str, NodePlan],
+    shapes: dict[str, tuple],
+    itemsize: int,
+) -> None:
+    """Strategy of a convolution, FLOPs and scratch bytes of a tile node."""
+    op = node.op
+    size = p.width * p.shape[1]
+    if p.kind == "row":
+        return
+    if isinstance(op, ops.Conv1D):
+        src = plans[node.inputs[0]]
+        cin = shapes[node.inputs[0]][1]
+        delta, window, delta_cost, window_cost = _conv_costs(
+            op, cin, src.width, p.width
+        )
+        if src.kind == "row" and op.groups == 1:
+            p.strategy, p.flops_plan = "lookup", float(op.kernel_size * op.n_filters)
+            p.bytes_per_mutant += op.kernel_size * op.n_filters * itemsize
+        elif delta_cost <= window_cost:
+            p.strategy, p.flops_plan = "delta", delta
+            p.bytes_per_mutant += (
+                src.width * (op.kernel_size * op.n_filters + cin) * itemsize
+            )
+        else:
+            p.strategy, p.flops_plan = "window", window
+            span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1
+            p.bytes_per_mutant += (
+                span * cin + p.width * op.kernel_size * (cin // op.groups)
+            ) * itemsize
+    elif isinstance(op, ops.Pool1D):
+        p.flops_plan = float(size * op.pool_size)
+    elif isinstance(op, ops.Dense):
+        p.flops_plan = 2.0 * p.width * shapes[node.inputs[0]][1] * op.units
+    elif isinstance(op, ops.LayerNorm):
+        p.flops_plan = 5.0 * size
+    elif isinstance(op, ops.Merge):
+        p.flops_plan = float(size * (len(node.inputs) - 1))
+        p.bytes_per_mutant += size * len(node.inputs) * itemsize
+    elif isinstance(op, (ops.Activation, ops.PReLU, ops.ChannelAffine)):
+        p.flops_plan = float(size)
+    else:  # crops, pads, upsampling and concatenation move data only
+        p.bytes_per_mutant += size * itemsize
