@@ -35,14 +35,17 @@ import ismkernel  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def sgemm_rate(n: int = 4096, repeat: int = 3) -> float:
-    """FLOP/s of a large float32 matrix multiply through NumPy's BLAS."""
+def sgemm_rate(n: int = 4096, repeat: int = 5) -> float:
+    """FLOP/s of a large float32 matrix multiply through NumPy's BLAS (best of
+    ``repeat``, as the ISM timings are)."""
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     a @ a
-    t0 = time.perf_counter()
+    best = np.inf
     for _ in range(repeat):
+        t0 = time.perf_counter()
         a @ a
-    return 2 * n**3 * repeat / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 def one_hot(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
@@ -92,9 +95,13 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     )
 
     ismkernel.ism(model, x[:1], positions=slice(0, 64), backend="cpu")  # warm
-    t0 = time.perf_counter()
-    res = ismkernel.ism(model, x, backend="cpu")
-    dt = time.perf_counter() - t0
+    dt = np.inf
+    for _ in range(args.repeat):  # best of the repeats: the host is shared
+        t0 = time.perf_counter()
+        res = ismkernel.ism(model, x, backend="cpu")
+        dt = min(dt, time.perf_counter() - t0)
+    rate = sgemm_rate()
+    out["sgemm_flops_per_second"] = rate
     n_mut = res.stats["n_mutants"]
     out["cpu"] = dict(
         seconds_per_seq=dt / args.n_seqs,
@@ -149,6 +156,9 @@ def main(argv=None) -> int:
         help="positions the peers are timed on (scaled to the full length)",
     )
     p.add_argument("--ref-positions", type=int, default=20)
+    p.add_argument(
+        "--repeat", type=int, default=2, help="timed runs of the cpu backend (best)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -166,7 +176,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             r = bench_model(name, args, Path(tmp))
-            r["fraction_of_sgemm"] = r["cpu"]["plan_flops_per_second"] / rate
+            # The GEMM rate measured next to this model's timing, or the
+            # run's first measurement, whichever is higher.
+            peak = max(rate, r["sgemm_flops_per_second"])
+            r["fraction_of_sgemm"] = r["cpu"]["plan_flops_per_second"] / peak
             result["models"].append(r)
             line = (
                 f"{name}: {r['cpu']['seconds_per_seq']:.3f} s/seq, "

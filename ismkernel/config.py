@@ -26,3 +26,7 @@ SEQUENCE_CHANNELS = 4
 #: Upper bound, in bytes, of what the cpu backend holds at once: the reference
 #: activations of a block of sequences plus the tiles of a chunk of mutants.
 CPU_MEMORY_BYTES = 1024 * 2**20
+
+#: Most mutants the cpu backend puts in one chunk: beyond a few thousand the
+#: GEMMs are no faster and the tiles fall out of cache.
+CPU_MAX_CHUNK = 4096

@@ -22,6 +22,7 @@ __all__ = [
     "forward",
     "evaluate",
     "apply",
+    "merge",
     "naive_ism",
     "default_batch_size",
     "apply_activation",
@@ -199,23 +200,29 @@ def _pool1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     return total / count
 
 
-def _merge(node: Node, xs: list[np.ndarray]) -> np.ndarray:
-    mode = node.op.mode
-    if mode == "subtract":
-        return xs[0] - xs[1]
-    combine = {
-        "add": np.add,
-        "average": np.add,
-        "multiply": np.multiply,
-        "maximum": np.maximum,
-        "minimum": np.minimum,
-    }[mode]
-    out = xs[0]
-    for x in xs[1:]:
-        out = combine(out, x)
+_MERGE_UFUNCS = {
+    "add": np.add,
+    "average": np.add,
+    "subtract": np.subtract,
+    "multiply": np.multiply,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+}
+
+
+def merge(mode: str, xs: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """Element-wise merge of ``xs``, left to right (``out`` if given)."""
+    ufunc = _MERGE_UFUNCS[mode]
+    out = ufunc(xs[0], xs[1], out=out)
+    for x in xs[2:]:
+        ufunc(out, x, out=out)
     if mode == "average":
-        out = out / out.dtype.type(len(xs))
+        np.divide(out, out.dtype.type(len(xs)), out=out)
     return out
+
+
+def _merge(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+    return merge(node.op.mode, xs)
 
 
 def _layer_norm(node: Node, xs: list[np.ndarray]) -> np.ndarray:

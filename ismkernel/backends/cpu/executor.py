@@ -352,7 +352,16 @@ class _Chunk:
             xs = [
                 self._window_of(states.get(s), s, start, p.width) for s in node.inputs
             ]
-            return _State(tile=reference.apply(node, xs), start=start)
+            if isinstance(op, ops.Concatenate):
+                out = self._buf(len(self.seq), p.width, p.shape[1])
+                np.concatenate(xs, axis=2, out=out)
+            else:
+                out = reference.merge(op.mode, xs, out=self._buf(*xs[0].shape))
+            for s_name, x in zip(node.inputs, xs):
+                st = states.get(s_name)
+                if st is None or x is not st.tile:
+                    self.pool.put(x)
+            return _State(tile=out, start=start)
         src = node.inputs[0]
         st = states.get(src)
         if isinstance(op, ops.Crop1D):
@@ -514,7 +523,7 @@ def cpu_ism(
     block = int(max(1, min(n_seqs, (budget // 3) // max(ref_per_seq, 1))))
     per_mutant = max(plan.peak_bytes_per_mutant(), 1)
     chunk = chunk_size or int(
-        max(64, min(32768, (budget - block * ref_per_seq) // per_mutant))
+        max(64, min(config.CPU_MAX_CHUNK, (budget - block * ref_per_seq) // per_mutant))
     )
     run = CpuRun(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
 
