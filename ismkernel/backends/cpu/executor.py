@@ -46,14 +46,18 @@ class _Pool:
     was a fifth of the run time.
     """
 
-    def __init__(self):
+    def __init__(self, limit: int):
         self.free: dict[tuple, list[np.ndarray]] = {}
         self.owned: set[int] = set()
+        self.limit = limit  # bytes of free arrays kept for reuse
+        self.kept = 0
 
     def get(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         stack = self.free.get((tuple(shape), np.dtype(dtype).str))
         if stack:
-            return stack.pop()
+            arr = stack.pop()
+            self.kept -= arr.nbytes
+            return arr
         arr = np.empty(shape, dtype=dtype)
         self.owned.add(id(arr))
         return arr
@@ -63,8 +67,13 @@ class _Pool:
             return
         key = (arr.shape, arr.dtype.str)
         stack = self.free.setdefault(key, [])
-        if not any(a is arr for a in stack):
-            stack.append(arr)
+        if any(a is arr for a in stack):
+            return
+        if self.kept + arr.nbytes > self.limit:
+            self.owned.discard(id(arr))  # let it go back to the system
+            return
+        stack.append(arr)
+        self.kept += arr.nbytes
 
 
 @dataclasses.dataclass
@@ -520,14 +529,21 @@ def cpu_ism(
     prep = _Prepared(plan, alternatives, dtype)
     budget = _budget(memory_budget)
     ref_per_seq = sum(math.prod(s) for s in plan.shapes.values()) * dtype.itemsize
-    block = int(max(1, min(n_seqs, (budget // 3) // max(ref_per_seq, 1))))
+    # A quarter of the budget for reference activations, the rest for tiles
+    # (live ones and those the pool keeps for the next chunk).
+    block = int(max(1, min(n_seqs, (budget // 4) // max(ref_per_seq, 1))))
     per_mutant = max(plan.peak_bytes_per_mutant(), 1)
     chunk = chunk_size or int(
-        max(64, min(config.CPU_MAX_CHUNK, (budget - block * ref_per_seq) // per_mutant))
+        max(
+            64,
+            min(
+                config.CPU_MAX_CHUNK, (budget - block * ref_per_seq) // (2 * per_mutant)
+            ),
+        )
     )
     run = CpuRun(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
 
-    pool = _Pool()
+    pool = _Pool(limit=max(budget - block * ref_per_seq, 0) // 2)
     same = np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
     reference_out: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
