@@ -18,6 +18,16 @@ def _keras():
     return tf_keras
 
 
+def _dense_head(x, n_outputs: int):
+    """Basset's head: Flatten, two dense layers of 1000 with batch norm, outputs."""
+    k = _keras().layers
+    x = k.Flatten()(x)
+    for i in range(2):
+        x = k.Dense(1000, activation="relu", name=f"fc{i + 1}")(x)
+        x = k.BatchNormalization(name=f"bn_fc{i + 1}")(x)
+    return k.Dense(n_outputs, name="fc3")(x)
+
+
 def basset(seq_len: int = 1000, n_outputs: int = 164):
     """Basset (Kelley et al. 2016) as in fastISM's benchmarks."""
     k = _keras().layers
@@ -31,11 +41,7 @@ def basset(seq_len: int = 1000, n_outputs: int = 164):
         )(x)
         x = k.BatchNormalization(name=f"bn{i + 1}")(x)
         x = k.MaxPooling1D(pool, name=f"pool{i + 1}")(x)
-    x = k.Flatten()(x)
-    for i in range(2):
-        x = k.Dense(1000, activation="relu", name=f"fc{i + 1}")(x)
-        x = k.BatchNormalization(name=f"bn_fc{i + 1}")(x)
-    x = k.Dense(n_outputs, name="fc3")(x)
+    x = _dense_head(x, n_outputs)
     return _keras().Model(inp, x, name=f"basset_{seq_len}")
 
 
@@ -56,11 +62,7 @@ def factorized_basset(seq_len: int = 1000, n_outputs: int = 10):
             x = k.BatchNormalization(name=f"{name}_bn")(x)
             x = k.ReLU(name=f"{name}_relu")(x)
         x = k.MaxPooling1D(pool, name=f"pool{b + 1}")(x)
-    x = k.Flatten()(x)
-    for i in range(2):
-        x = k.Dense(1000, activation="relu", name=f"fc{i + 1}")(x)
-        x = k.BatchNormalization(name=f"bn_fc{i + 1}")(x)
-    x = k.Dense(n_outputs, name="fc3")(x)
+    x = _dense_head(x, n_outputs)
     return _keras().Model(inp, x, name=f"factorized_basset_{seq_len}")
 
 

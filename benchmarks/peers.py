@@ -24,6 +24,12 @@ def subset_positions(seq_len: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, seq_len - 1, n).round().astype(np.int64))
 
 
+def _best(sweep: dict, **extra) -> dict:
+    """The fastest batch size of a sweep of seconds per sequence."""
+    best = min(sweep, key=sweep.get)
+    return dict(seconds_per_seq=sweep[best], best_batch=best, sweep=sweep, **extra)
+
+
 def time_fastism(keras_model, x: np.ndarray, batches, n_positions: int) -> dict:
     """fastISM 0.5.1: one call per alternative base (``replace_with``)."""
     import fastism
@@ -45,13 +51,7 @@ def time_fastism(keras_model, x: np.ndarray, batches, n_positions: int) -> dict:
             fism(xb, replace_with=[float(v) for v in np.eye(4)[base]])
         dt = time.perf_counter() - t0
         sweep[b] = dt / b * seq_len / len(pos)
-    best = min(sweep, key=sweep.get)
-    return dict(
-        seconds_per_seq=sweep[best],
-        best_batch=best,
-        sweep=sweep,
-        positions_timed=len(pos),
-    )
+    return _best(sweep, positions_timed=len(pos))
 
 
 def torch_model(graph):
@@ -175,11 +175,4 @@ def time_torch(graph, x: np.ndarray, batches, n_positions: int) -> dict:
         t0 = time.perf_counter()
         torch_naive_ism(net, x, pos, b)
         sweep[b] = (time.perf_counter() - t0) / x.shape[0] * seq_len / len(pos)
-    best = min(sweep, key=sweep.get)
-    return dict(
-        seconds_per_seq=sweep[best],
-        best_batch=best,
-        sweep=sweep,
-        positions_timed=len(pos),
-        threads=torch.get_num_threads(),
-    )
+    return _best(sweep, positions_timed=len(pos), threads=torch.get_num_threads())

@@ -146,29 +146,18 @@ def test_planned_windows_are_tight_on_conv_pool_chains(graph, data):
                 assert got == want, (name, pos, got, want)
 
 
-def test_dilated_taps_that_step_over_a_narrow_interval():
-    # kernel 2, dilation 4, stride 1: row 10 is read by outputs 10 and 6 only.
-    lo, hi = window_forward(
-        np.array([10]),
-        np.array([11]),
-        kernel_size=2,
-        stride=1,
-        dilation=4,
-        left=0,
-        out_len=20,
-    )
-    assert (lo[0], hi[0]) == (6, 11)
-    # stride 3, kernel 2: row 10 is read by no output (taps 9,10? o=3 reads 9,10)
-    lo, hi = window_forward(
-        np.array([11]),
-        np.array([12]),
-        kernel_size=2,
-        stride=3,
-        dilation=1,
-        left=0,
-        out_len=20,
-    )
-    assert (lo[0], hi[0]) == (0, 0)
+def _readers(row, **window):
+    lo, hi = window_forward(np.array([row]), np.array([row + 1]), out_len=20, **window)
+    return int(lo[0]), int(hi[0])
+
+
+def test_dilated_and_strided_taps_that_step_over_a_narrow_interval():
+    # kernel 2, dilation 4: row 10 is read by outputs 6 and 10 only.
+    assert _readers(10, kernel_size=2, stride=1, dilation=4, left=0) == (6, 11)
+    # kernel 2, stride 3: outputs read rows (0, 1), (3, 4), ...; none reads 11.
+    assert _readers(11, kernel_size=2, stride=3, dilation=1, left=0) == (0, 0)
+    # 'same' padding shifts the taps: with left 1, row 0 is read by outputs 0, 1.
+    assert _readers(0, kernel_size=3, stride=1, dilation=1, left=1) == (0, 2)
 
 
 def _plan(path, length=None):
