@@ -152,6 +152,15 @@ def seq_input_index(specs: Sequence[TensorSpec], seq_input: Any) -> int:
     return index
 
 
+def check_positive_int(value: Any, name: str) -> int | None:
+    """``value`` as an int if it is a positive integer, None if None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 def check_positions(positions: Any, seq_len: int) -> np.ndarray:
     """Positions as an int64 array; None means all, a slice is resolved."""
     if positions is None:

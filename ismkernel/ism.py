@@ -9,15 +9,15 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference, resolve_backend
-from ismkernel.errors import InputError
 from ismkernel.inputs import (
     as_feeds,
     check_alternatives,
     check_dtype,
     check_positions,
+    check_positive_int,
     seq_input_index,
 )
-from ismkernel.model import Model, _check_batch_size
+from ismkernel.model import Model
 
 __all__ = ["ism", "IsmResult"]
 
@@ -118,15 +118,8 @@ def ism(
     seq = feeds[index]
     pos = check_positions(positions, seq.shape[1])
     alts = check_alternatives(alternatives, seq.shape[2], dt)
-    batch = _check_batch_size(batch_size)
-    if memory_budget is not None and (
-        isinstance(memory_budget, bool)
-        or not isinstance(memory_budget, (int, np.integer))
-        or memory_budget < 1
-    ):
-        raise InputError(
-            f"memory_budget must be a positive number of bytes, got {memory_budget!r}"
-        )
+    batch = check_positive_int(batch_size, "batch_size")
+    memory_budget = check_positive_int(memory_budget, "memory_budget")
 
     bar = None
     if progress:

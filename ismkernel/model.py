@@ -9,26 +9,11 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference
-from ismkernel.errors import InputError
-from ismkernel.inputs import as_feeds, check_dtype
+from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
 from ismkernel.ir import Graph, TensorSpec
 
 __all__ = ["Model", "load_model"]
-
-
-def _check_batch_size(batch_size: Any) -> int | None:
-    if batch_size is None:
-        return None
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise InputError(
-            f"batch_size must be a positive integer or None, got {batch_size!r}"
-        )
-    return int(batch_size)
 
 
 class Model:
@@ -118,9 +103,9 @@ class Model:
         """
         dt = check_dtype(dtype)
         feeds = as_feeds(self.inputs, x, dt)
-        batch = _check_batch_size(batch_size) or reference.default_batch_size(
-            self.graph, dt
-        )
+        batch = check_positive_int(
+            batch_size, "batch_size"
+        ) or reference.default_batch_size(self.graph, dt)
         n_seqs = feeds[0].shape[0]
         if n_seqs <= batch:
             return reference.forward(self.graph, feeds)

@@ -24,6 +24,7 @@ __all__ = [
     "apply",
     "merge",
     "naive_ism",
+    "unchanged_rows",
     "default_batch_size",
     "apply_activation",
 ]
@@ -363,6 +364,15 @@ def default_batch_size(graph: Graph, dtype: np.dtype) -> int:
     )
 
 
+def unchanged_rows(
+    x: np.ndarray, positions: np.ndarray, alternatives: np.ndarray
+) -> np.ndarray:
+    """``(n_seqs, n_positions, n_alts)``: whether row ``positions[p]`` of
+    sequence ``n`` already equals ``alternatives[a]`` (the mutant is the
+    reference, copied, never computed)."""
+    return np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
+
+
 def naive_ism(
     graph: Graph,
     feeds: Sequence[np.ndarray],
@@ -398,7 +408,7 @@ def naive_ism(
         for r in reference
     ]
     # A mutant whose row already equals the alternative is the reference itself.
-    same = np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
+    same = unchanged_rows(x, positions, alternatives)
     seq_i, pos_i, alt_i = np.nonzero(~same)
     for start in range(0, len(seq_i), batch_size):
         sl = slice(start, start + batch_size)

@@ -140,21 +140,35 @@ class Plan:
         """Naive FLOPs over plan FLOPs: the speedup the arithmetic allows."""
         return self.flops_naive / max(self.flops_plan, 1.0)
 
+    def liveness(self):
+        """For each node in order: ``(name, held, kept)``, the nodes whose
+        values are held while it runs and those still kept after it (a node is
+        dropped after its last reader; outputs are kept)."""
+        outputs = set(self.graph.outputs)
+        live: set[str] = set()
+        for name in self.nodes:
+            live.add(name)
+            held = set(live)
+            live -= {
+                src
+                for src in held
+                if self.last_use.get(src) == name and src not in outputs
+            }
+            yield name, held, set(live)
+
     def peak_bytes_per_mutant(self) -> int:
         """Most bytes per mutant alive at once while the nodes run in order."""
-        live: dict[str, int] = {}
-        peak = 0
-        outputs = set(self.graph.outputs)
-        for name, p in self.nodes.items():
-            live[name] = p.bytes_per_mutant
-            peak = max(peak, sum(live.values()))
-            for src in list(live):
-                if self.last_use.get(src) == name and src not in outputs:
-                    live.pop(src, None)
+
+        def size(names) -> int:
+            return sum(self.nodes[n].bytes_per_mutant for n in names)
+
+        steps = list(self.liveness())
+        peak = max((size(held) for _, held, _ in steps), default=0)
         full_out = sum(
             math.prod(self.shapes[o]) * self.itemsize for o in self.graph.outputs
         )
-        return int(max(peak, sum(live.values()) + full_out))
+        last = size(steps[-1][2]) if steps else 0
+        return int(max(peak, last + full_out))
 
     def mid_window(self, name: str) -> tuple[int, int] | None:
         """Affected rows of ``name`` for the mutated position nearest the middle."""
@@ -236,9 +250,9 @@ def _local_reason(node: ops.Node, in_shapes: list[tuple], out_shape: tuple) -> s
     op = node.op
     if len(out_shape) != 2 or any(len(s) != 2 for s in in_shapes):
         return f"{op.kind} on a tensor that is not (length, channels)"
-    if isinstance(op, (ops.Conv1D, ops.Pool1D, *_LOCAL_RESHAPING, ops.LayerNorm)):
-        return ""
-    if isinstance(op, ops.Dense):
+    if isinstance(
+        op, (ops.Conv1D, ops.Pool1D, *_LOCAL_RESHAPING, ops.LayerNorm, ops.Dense)
+    ):
         return ""
     if isinstance(op, ops.Activation):
         if op.fn in ("softmax", "log_softmax") and op.axis % 2 == 0:

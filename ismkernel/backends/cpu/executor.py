@@ -143,20 +143,19 @@ class _Prepared:
                 self.dense_rows[name] = np.ascontiguousarray(kernel)
         # Cut points: a tile node that is all a chunk still needs, after an op
         # that can clamp a change to exactly zero.
+        # (An output no node reads is written as soon as it is computed.)
         outputs = set(graph.outputs)
-        live: set[str] = set()
-        for name, node in graph.nodes.items():
-            live.add(name)
-            for src in list(live):
-                if plan.last_use.get(src) == name and src not in outputs:
-                    live.discard(src)
-            if name in outputs and not plan.last_use.get(name):
-                live.discard(name)
-            varying = {n for n in live if plan.nodes[n].kind != "const"}
+        for name, _, kept in plan.liveness():
+            varying = {
+                n
+                for n in kept
+                if plan.nodes[n].kind != "const"
+                and (n not in outputs or n in plan.last_use)
+            }
             if (
                 varying == {name}
                 and plan.nodes[name].kind == "tile"
-                and isinstance(node.op, _CAN_VANISH)
+                and isinstance(graph.nodes[name].op, _CAN_VANISH)
                 and name not in outputs
             ):
                 self.check_zero.add(name)
@@ -224,13 +223,22 @@ class _Chunk:
         out = self._buf(len(self.seq), width, ref.shape[2])
         return kernels.gather(None, None, ref, self.seq, start, width, out=out)
 
+    def _change(self, name: str, st: _State) -> np.ndarray:
+        """Mutant minus reference on the tile's window of node ``name`` (pooled)."""
+        delta = self._ref_window(name, st.start, st.tile.shape[1])
+        np.subtract(st.tile, delta, out=delta)
+        return delta
+
+    def _drop_gathered(self, x: np.ndarray, st: _State | None) -> None:
+        """Return ``x`` to the pool unless it is ``st``'s own tile."""
+        if st is None or x is not st.tile:
+            self.pool.put(x)
+
     def _release(self, arr, states) -> None:
         if arr is not None and not any(st.tile is arr for st in states.values()):
             self.pool.put(arr)
 
-    def _window_of(
-        self, state: _State, name: str, start: np.ndarray, width: int, pad=0.0
-    ):
+    def _window_of(self, state: _State, name: str, start: np.ndarray, width: int):
         """Values of node ``name`` on rows ``[start, start + width)``."""
         ref = self.refs[name]
         if state is not None and state.tile is not None:
@@ -238,9 +246,9 @@ class _Chunk:
                 return state.tile
         out = self._buf(len(self.seq), width, ref.shape[2])
         if state is None or state.tile is None:
-            return kernels.gather(None, None, ref, self.seq, start, width, pad, out=out)
+            return kernels.gather(None, None, ref, self.seq, start, width, out=out)
         return kernels.gather(
-            state.tile, state.start, ref, self.seq, start, width, pad, out=out
+            state.tile, state.start, ref, self.seq, start, width, out=out
         )
 
     def _full(self, states, name: str) -> np.ndarray:
@@ -353,8 +361,7 @@ class _Chunk:
             ):
                 return _State(tile=x, start=start)
             y = reference.apply(node, [x])
-            if st is None or x is not st.tile:
-                self.pool.put(x)
+            self._drop_gathered(x, st)
             return _State(tile=y, start=start)
         # gather: merges, concatenation, crops, pads, upsampling
         if isinstance(op, (ops.Merge, ops.Concatenate)):
@@ -367,9 +374,7 @@ class _Chunk:
             else:
                 out = reference.merge(op.mode, xs, out=self._buf(*xs[0].shape))
             for s_name, x in zip(node.inputs, xs):
-                st = states.get(s_name)
-                if st is None or x is not st.tile:
-                    self.pool.put(x)
+                self._drop_gathered(x, states.get(s_name))
             return _State(tile=out, start=start)
         src = node.inputs[0]
         st = states.get(src)
@@ -425,8 +430,7 @@ class _Chunk:
         out = self._ref_window(name, start, p.width)
         # delta: the change of the input window times every kernel tap
         w_in = sp.width
-        delta = self._ref_window(src, st.start, w_in)
-        np.subtract(st.tile, delta, out=delta)
+        delta = self._change(src, st)
         flat = delta.reshape(n_mut * w_in, -1)
         cg, fg = info["cg"], info["fg"]
         taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
@@ -452,9 +456,8 @@ class _Chunk:
             st = states.get(src)
             start = st.start
             ch = self.plan.shapes[src][1]
-            before = self._ref_window(src, start, sp.width)
-            np.subtract(st.tile, before, out=before)
-            delta = before.reshape(len(self.seq), sp.width * ch)
+            change = self._change(src, st)
+            delta = change.reshape(len(self.seq), sp.width * ch)
             rows = self.prep.dense_rows[name]
             out = self.refs[name][self.seq].copy()
             order = np.argsort(start, kind="stable")
@@ -462,7 +465,7 @@ class _Chunk:
             for group in np.split(order, bounds):
                 s = int(start[group[0]])
                 out[group] += delta[group] @ rows[s * ch : (s + sp.width) * ch]
-            self.pool.put(before)
+            self.pool.put(change)
             return out
         if p.strategy in ("global-avg", "global-max"):
             src = node.inputs[0]
@@ -470,10 +473,9 @@ class _Chunk:
             st = states[src]
             length = self.plan.shapes[src][0]
             if p.strategy == "global-avg":
-                before = self._ref_window(src, st.start, sp.width)
-                np.subtract(st.tile, before, out=before)
-                change = before.sum(axis=1) / st.tile.dtype.type(length)
-                self.pool.put(before)
+                delta = self._change(src, st)
+                change = delta.sum(axis=1) / st.tile.dtype.type(length)
+                self.pool.put(delta)
                 out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
             else:
                 pre, suf = self.extras[name]
@@ -544,7 +546,7 @@ def cpu_ism(
     run = CpuRun(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
 
     pool = _Pool(limit=max(budget - block * ref_per_seq, 0) // 2)
-    same = np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
+    same = reference.unchanged_rows(x, positions, alternatives)
     reference_out: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
     out_shapes = [plan.shapes[o] for o in graph.outputs]
