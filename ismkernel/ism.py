@@ -10,7 +10,6 @@ import numpy as np
 from ismkernel import config
 from ismkernel.backends import reference, resolve_backend
 from ismkernel.inputs import (
-    as_feeds,
     check_alternatives,
     check_dtype,
     check_positions,
@@ -82,7 +81,8 @@ def ism(
     ----------
     model : Model
     x : ndarray of float32, shape (n_seqs, seq_len, n_channels), or list / dict
-        The sequences (one-hot or not). For a model with several inputs, a list
+        The sequences (one-hot or not), in the model's own layout: ONNX models
+        from PyTorch take ``(n_seqs, n_channels, seq_len)``. For a model with several inputs, a list
         in model input order or a dict by input name; inputs other than the
         mutated one stay fixed per sequence.
     alternatives : ndarray, shape (n_alts, n_channels), optional
@@ -112,9 +112,9 @@ def ism(
     """
     name = resolve_backend(backend)
     dt = check_dtype(dtype)
-    specs = model.inputs
+    specs = model.graph.input_specs  # the IR's (seq_len, n_channels) layout
     index = seq_input_index(specs, seq_input)
-    feeds = as_feeds(specs, x, dt)
+    feeds = model.feeds(x, dt)
     seq = feeds[index]
     pos = check_positions(positions, seq.shape[1])
     alts = check_alternatives(alternatives, seq.shape[2], dt)
@@ -160,8 +160,8 @@ def ism(
         if bar is not None:
             bar.close()
     return IsmResult(
-        reference=ref,
-        outputs=outs,
+        reference=model.from_ir(ref, 1),
+        outputs=model.from_ir(outs, 3),
         positions=pos,
         alternatives=alts,
         output_names=model.output_names,

@@ -26,28 +26,76 @@ class Model:
     path : str
         The file it was read from.
     format : str
-        ``"keras-h5"`` or ``"keras-v3"``.
+        ``"keras-h5"``, ``"keras-v3"`` or ``"onnx"``.
     keras_version : str
-        The Keras version that wrote the file.
+        The Keras version that wrote the file (empty for ONNX).
+    producer : str
+        What wrote the file, for messages: ``"Keras 3.15.1"``,
+        ``"pytorch 2.13.0, opset 20"``.
+    input_perms, output_perms : list of tuple of int
+        Per input and output, how the model's own layout maps to the IR's
+        ``(seq_len, n_channels)``: axis ``i`` of a sample as the model takes or
+        gives it is IR axis ``perm[i]``. PyTorch's channels-first sequences have
+        ``(1, 0)``; Keras models the identity. Arrays cross this boundary in
+        the model's layout.
     """
 
     def __init__(
-        self, graph: Graph, path: str = "", format: str = "", keras_version: str = ""
+        self,
+        graph: Graph,
+        path: str = "",
+        format: str = "",
+        keras_version: str = "",
+        *,
+        producer: str = "",
+        input_perms: list[tuple[int, ...]] | None = None,
+        output_perms: list[tuple[int, ...]] | None = None,
     ):
         self.graph = graph
         self.path = path
         self.format = format
         self.keras_version = keras_version
+        self.producer = producer or (f"Keras {keras_version}" if keras_version else "")
+        self.input_perms = (
+            [tuple(p) for p in input_perms]
+            if input_perms
+            else [tuple(range(len(s.shape))) for s in graph.input_specs]
+        )
+        self.output_perms = (
+            [tuple(p) for p in output_perms]
+            if output_perms
+            else [tuple(range(len(s.shape))) for s in graph.output_specs]
+        )
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        """Name and per-sample shape of each input, in model input order."""
-        return self.graph.input_specs
+        """Name and per-sample shape of each input, in model input order and in
+        the model's own layout."""
+        return [
+            TensorSpec(s.name, tuple(s.shape[j] for j in p))
+            for s, p in zip(self.graph.input_specs, self.input_perms)
+        ]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        """Name and per-sample shape of each output, in model output order."""
-        return self.graph.output_specs
+        """Name and per-sample shape of each output, in model output order and
+        in the model's own layout."""
+        return [
+            TensorSpec(s.name, tuple(s.shape[j] for j in p))
+            for s, p in zip(self.graph.output_specs, self.output_perms)
+        ]
+
+    def feeds(self, x: Any, dtype: np.dtype, name: str = "x") -> list[np.ndarray]:
+        """``x`` validated against the model's inputs, as IR-layout arrays."""
+        feeds = as_feeds(self.inputs, x, dtype, name)
+        return [
+            _permute(f, tuple(int(j) for j in np.argsort(p)), 1)
+            for f, p in zip(feeds, self.input_perms)
+        ]
+
+    def from_ir(self, arrays: list[np.ndarray], lead: int) -> list[np.ndarray]:
+        """Output arrays with ``lead`` leading axes, from IR to model layout."""
+        return [_permute(a, p, lead) for a, p in zip(arrays, self.output_perms)]
 
     @property
     def input_names(self) -> list[str]:
@@ -102,18 +150,18 @@ class Model:
             ``(n_seqs, *output_shape)`` of ``dtype``.
         """
         dt = check_dtype(dtype)
-        feeds = as_feeds(self.inputs, x, dt)
+        feeds = self.feeds(x, dt)
         batch = check_positive_int(
             batch_size, "batch_size"
         ) or reference.default_batch_size(self.graph, dt)
         n_seqs = feeds[0].shape[0]
         if n_seqs <= batch:
-            return reference.forward(self.graph, feeds)
+            return self.from_ir(reference.forward(self.graph, feeds), 1)
         parts = [
             reference.forward(self.graph, [f[i : i + batch] for f in feeds])
             for i in range(0, n_seqs, batch)
         ]
-        return [np.concatenate(p, axis=0) for p in zip(*parts)]
+        return self.from_ir([np.concatenate(p, axis=0) for p in zip(*parts)], 1)
 
     def summary(self) -> str:
         """A table of the IR: node, op, output shape, parameters, inputs."""
@@ -134,7 +182,7 @@ class Model:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"Model: {os.path.basename(self.path) or '<in memory>'}"]
         if self.format:
-            lines.append(f"Format: {self.format} (Keras {self.keras_version})")
+            lines.append(f"Format: {self.format} ({self.producer})")
         line = "  ".join(h.ljust(w) for h, w in zip(rows[0], widths))
         lines += [line, "-" * len(line)]
         lines += [
@@ -156,11 +204,25 @@ class Model:
         return f"<Model {os.path.basename(self.path)!r}: inputs [{ins}] -> outputs [{outs}]>"
 
 
-def load_model(path: str | os.PathLike) -> Model:
-    """Load a Keras model file (``.h5`` of Keras 2 or 3, or a ``.keras`` archive).
+def _permute(a: np.ndarray, perm: tuple[int, ...], lead: int) -> np.ndarray:
+    """``a`` with its per-sample axes (after ``lead`` leading ones) permuted."""
+    if not perm and a.ndim > lead:  # a per-sample scalar, held as shape (1,)
+        return a.reshape(a.shape[:lead])
+    if perm == tuple(range(len(perm))):
+        return a
+    return np.ascontiguousarray(
+        a.transpose(tuple(range(lead)) + tuple(lead + j for j in perm))
+    )
 
-    Only the file's JSON config and weight arrays are read; nothing in it is
-    executed.
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Load a model file: Keras ``.h5`` (Keras 2 or 3), a Keras 3 ``.keras``
+    archive, or ONNX (needs the ``onnx`` extra). The format is read from the
+    file's content, not its name.
+
+    Only the file's config and weight arrays are read; nothing in it is
+    executed. ONNX models exported from PyTorch take and return arrays in
+    PyTorch's channels-first layout, ``(n_seqs, n_channels, seq_len)``.
 
     Raises
     ------
@@ -171,4 +233,12 @@ def load_model(path: str | os.PathLike) -> Model:
         A layer or option the IR cannot represent (named in the message).
     """
     graph, info = read_graph(path)
-    return Model(graph, os.fspath(path), info["format"], info["keras_version"])
+    return Model(
+        graph,
+        os.fspath(path),
+        info["format"],
+        info.get("keras_version", ""),
+        producer=info.get("producer", ""),
+        input_perms=info.get("input_perms"),
+        output_perms=info.get("output_perms"),
+    )

@@ -13,6 +13,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 REFUSED = FIXTURES / "refused"
+ONNX_FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
 
 
 def _manifest() -> dict:
@@ -38,6 +39,23 @@ def fixture_data(name: str) -> dict[str, np.ndarray]:
 def fixture_inputs(data: dict, kind: str) -> list[np.ndarray]:
     n = sum(1 for k in data if k.startswith(f"x_{kind}_"))
     return [data[f"x_{kind}_{j}"] for j in range(n)]
+
+
+def onnx_manifest() -> dict:
+    return json.loads((ONNX_FIXTURES / "manifest.json").read_text())
+
+
+def assert_same_ism(ref, cpu, what=""):
+    """The cpu backend against the reference: max |difference| <= 1e-4 x max
+    |output|."""
+    for k, (a, b) in enumerate(zip(ref.outputs, cpu.outputs)):
+        assert a.shape == b.shape
+        scale = max(float(np.abs(a).max()), 1e-30)
+        err = float(np.abs(a - b).max()) / scale
+        assert err <= 1e-4, f"{what} output {k}: rel err {err:.2e}"
+    for a, b in zip(ref.reference, cpu.reference):
+        # BLAS may block a GEMM differently for another batch size.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
 
 
 def assert_close_keras(comp: np.ndarray, ref: np.ndarray, what: str) -> None:

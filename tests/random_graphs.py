@@ -83,7 +83,9 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
                     k,
                     stride=draw(st.sampled_from([1, 1, 2])),
                     dilation=draw(st.sampled_from([1, 1, 2, 3])),
-                    padding=draw(st.sampled_from(["same", "valid", "causal"])),
+                    padding=draw(
+                        st.sampled_from(["same", "valid", "causal", (2, 0), (1, 3)])
+                    ),
                     groups=groups,
                 )
             elif kind == "pool":
@@ -92,7 +94,7 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
                         draw(st.sampled_from(["max", "average"])),
                         draw(st.integers(1, 4)),
                         draw(st.integers(1, 3)),
-                        draw(st.sampled_from(["valid", "same"])),
+                        draw(st.sampled_from(["valid", "same", (1, 0), (1, 2)])),
                     ),
                     [x],
                 )
@@ -117,13 +119,22 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
             else:
                 # a second branch of the same shape, then merge/concat
                 other = b.conv(x, ch, draw(st.integers(1, 4)), padding="same")
-                other = b.add(ops.Activation("relu"), [other])
-                if kind == "merge":
-                    mode = draw(
-                        st.sampled_from(
-                            ["add", "multiply", "maximum", "subtract", "average"]
-                        )
+                mode = draw(
+                    st.sampled_from(
+                        ["add", "multiply", "maximum", "subtract", "average", "divide"]
                     )
+                )
+                # A divisor in (0.5, 1.5): sigmoid + 0.5.
+                fn = "sigmoid" if mode == "divide" else "relu"
+                other = b.add(ops.Activation(fn), [other])
+                if mode == "divide":
+                    other = b.add(
+                        ops.ChannelAffine(),
+                        [other],
+                        scale=np.ones(ch, np.float32),
+                        shift=np.full(ch, 0.5, np.float32),
+                    )
+                if kind == "merge":
                     y = b.add(ops.Merge(mode), [x, other])
                 else:
                     y = b.add(ops.Concatenate(1), [x, other])
@@ -134,7 +145,7 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
     head = (
         "spatial"
         if spatial_only
-        else draw(st.sampled_from(["spatial", "flatten", "gap", "gmp"]))
+        else draw(st.sampled_from(["spatial", "flatten", "gap", "gmp", "gsp"]))
     )
     outputs = [out]
     if head == "flatten":
@@ -142,8 +153,8 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
         outputs = [
             b.add(ops.Dense(3), [f], kernel=b.w(np.prod(b.shape(out)), 3), bias=b.w(3))
         ]
-    elif head in ("gap", "gmp"):
-        mode = "average" if head == "gap" else "max"
+    elif head in ("gap", "gmp", "gsp"):
+        mode = {"gap": "average", "gmp": "max", "gsp": "sum"}[head]
         outputs = [b.add(ops.GlobalPool1D(mode), [out])]
         if draw(st.booleans()):
             outputs.append(out)  # a profile output beside the pooled one

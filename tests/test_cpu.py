@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MODEL_FILES, fixture_data, fixture_inputs, fixture_path
+from conftest import (
+    MODEL_FILES,
+    assert_same_ism,
+    fixture_data,
+    fixture_inputs,
+    fixture_path,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from random_graphs import Builder, random_models
@@ -15,18 +21,6 @@ from ismkernel.ir import nodes as ops
 from ismkernel.model import Model
 
 ALTS = np.vstack([np.eye(4), np.zeros(4), np.full(4, 0.25)]).astype(np.float32)
-
-
-def assert_same_ism(ref, cpu, what=""):
-    """The issue's tolerance: max |difference| <= 1e-4 x max |output|."""
-    for k, (a, b) in enumerate(zip(ref.outputs, cpu.outputs)):
-        assert a.shape == b.shape
-        scale = max(float(np.abs(a).max()), 1e-30)
-        err = float(np.abs(a - b).max()) / scale
-        assert err <= 1e-4, f"{what} output {k}: rel err {err:.2e}"
-    for a, b in zip(ref.reference, cpu.reference):
-        # BLAS may block a GEMM differently for another batch size.
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)

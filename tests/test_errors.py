@@ -57,7 +57,7 @@ def test_not_a_model_file(tmp_path):
     dst = tmp_path / "model.h5"
     dst.write_text("ACGTACGT\n")
     with pytest.raises(
-        ModelFileError, match="neither an HDF5 file nor a .keras archive"
+        ModelFileError, match="neither an HDF5 file, a .keras archive nor an ONNX file"
     ):
         ismkernel.load_model(dst)
 

@@ -125,6 +125,9 @@ def _scalar(fn, v, **kw):
         "sparse_plus": 0.0 if v <= -1 else (v if v >= 1 else (v + 1) ** 2 / 4),
         "sparse_sigmoid": 0.0 if v <= -1 else (1.0 if v >= 1 else (v + 1) / 2),
         "squareplus": (v + math.sqrt(v * v + kw.get("alpha", 0))) / 2,
+        "erf": math.erf(v),
+        "abs": abs(v),
+        "reciprocal": 1 / v if v else math.inf,
     }[fn]
 
 
@@ -155,14 +158,24 @@ ACTS = [
     ("sparse_plus", {}),
     ("sparse_sigmoid", {}),
     ("squareplus", {"alpha": 4.0}),
+    ("erf", {}),
+    ("abs", {}),
+    ("reciprocal", {}),
 ]
+
+
+def test_log_activation():
+    x = np.linspace(0.01, 8, 50)
+    comp = reference.apply_activation(ops.Activation("log"), x[None])[0]
+    np.testing.assert_allclose(comp, np.log(x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("name,kw", ACTS)
 def test_activation_against_scalar_definition(name, kw):
     fn = name.split("_k")[0].replace("gelu_tanh", "gelu")
     x = np.linspace(-8, 8, 161)
-    comp = reference.apply_activation(ops.Activation(fn, **kw), x[None])[0]
+    with np.errstate(divide="ignore", invalid="ignore"):  # reciprocal at 0
+        comp = reference.apply_activation(ops.Activation(fn, **kw), x[None])[0]
     ref = [_scalar(name, v, **kw) for v in x]
     np.testing.assert_allclose(comp, ref, rtol=1e-12, atol=1e-12)
 
@@ -213,5 +226,6 @@ def test_softmax_and_log_softmax_over_either_axis():
 def test_float32_stays_float32():
     x = np.linspace(-3, 3, 13, dtype=np.float32)[None]
     for fn in ops.ACTIVATIONS:
-        y = reference.apply_activation(ops.Activation(fn), x)
+        with np.errstate(invalid="ignore", divide="ignore"):  # log, reciprocal
+            y = reference.apply_activation(ops.Activation(fn), x)
         assert y.dtype == np.float32, fn

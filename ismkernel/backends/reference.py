@@ -92,6 +92,14 @@ def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
             inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x**3)
             return t(0.5) * x * (t(1) + np.tanh(inner))
         return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2))))
+    if fn == "erf":
+        return _erf(x)
+    if fn == "log":
+        return np.log(x)
+    if fn == "abs":
+        return np.abs(x)
+    if fn == "reciprocal":
+        return x.dtype.type(1) / x
     if fn in ("hard_sigmoid", "hard_silu"):
         if op.alpha == 1 / 6:  # Keras 3: relu6(x + 3) / 6
             h = np.clip(x + t(3), t(0), t(6)) / t(6)
@@ -206,6 +214,7 @@ _MERGE_UFUNCS = {
     "average": np.add,
     "subtract": np.subtract,
     "multiply": np.multiply,
+    "divide": np.divide,
     "maximum": np.maximum,
     "minimum": np.minimum,
 }
@@ -272,7 +281,7 @@ def _flatten(node: Node, xs: list[np.ndarray]) -> np.ndarray:
 
 def _global_pool(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.GlobalPool1D = node.op
-    reduce = np.max if op.mode == "max" else np.mean
+    reduce = {"max": np.max, "average": np.mean, "sum": np.sum}[op.mode]
     return reduce(xs[0], axis=op.axis + 1, keepdims=op.keepdims)
 
 

@@ -7,6 +7,7 @@ import os
 from ismkernel.errors import ModelFileError
 from ismkernel.io.keras_h5 import read_keras_h5
 from ismkernel.io.keras_v3 import read_keras_v3
+from ismkernel.io.onnx import looks_like_onnx, read_onnx
 
 __all__ = ["read_graph"]
 
@@ -21,13 +22,14 @@ def read_graph(path: str | os.PathLike):
     -------
     graph : Graph
     info : dict
-        ``format`` and ``keras_version``.
+        ``format``, ``producer`` and, for ONNX, ``input_perms`` and
+        ``output_perms``.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ModelFileError(
             f"'{path}' is a directory (a TensorFlow SavedModel?); ismkernel reads "
-            "Keras .h5 and .keras files"
+            "Keras .h5 and .keras files and ONNX files"
         )
     try:
         with open(path, "rb") as f:
@@ -40,7 +42,10 @@ def read_graph(path: str | os.PathLike):
         return read_keras_h5(path)
     if head.startswith(_ZIP_SIGNATURE):
         return read_keras_v3(path)
+    if looks_like_onnx(head):
+        return read_onnx(path)
     raise ModelFileError(
-        f"'{path}' is neither an HDF5 file nor a .keras archive (first bytes "
-        f"{head!r}); ismkernel reads Keras .h5 and .keras model files"
+        f"'{path}' is neither an HDF5 file, a .keras archive nor an ONNX file "
+        f"(first bytes {head!r}); ismkernel reads Keras .h5 and .keras model files "
+        "and ONNX files"
     )

@@ -123,4 +123,8 @@ def read_keras_h5(path: str) -> tuple[Graph, dict]:
         raise ModelFileError(
             f"cannot read '{path}' as HDF5 ({err}); the file is truncated or corrupt"
         ) from None
-    return graph, {"format": "keras-h5", "keras_version": version}
+    return graph, {
+        "format": "keras-h5",
+        "keras_version": version,
+        "producer": f"Keras {version}",
+    }

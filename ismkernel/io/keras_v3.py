@@ -94,4 +94,8 @@ def read_keras_v3(path: str) -> tuple[Graph, dict]:
             )
     except OSError as err:
         raise ModelFileError(f"cannot read the weights in '{path}' ({err})") from None
-    return graph, {"format": "keras-v3", "keras_version": version}
+    return graph, {
+        "format": "keras-v3",
+        "keras_version": version,
+        "producer": f"Keras {version}",
+    }

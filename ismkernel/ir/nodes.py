@@ -64,9 +64,21 @@ ACTIVATIONS = (
     "sparse_plus",
     "sparse_sigmoid",
     "squareplus",
+    "erf",
+    "log",
+    "abs",
+    "reciprocal",
 )
 
-MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum")
+MERGE_MODES = (
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "average",
+    "maximum",
+    "minimum",
+)
 CONV_PADDINGS = ("valid", "same", "causal")
 POOL_PADDINGS = ("valid", "same")
 
@@ -102,6 +114,9 @@ class Input(Op):
 class Conv1D(Op):
     """1-D convolution (cross-correlation, as Keras) on ``(seq_len, n_channels)``.
 
+    ``padding`` is ``"valid"``, ``"same"``, ``"causal"`` or explicit zero rows
+    ``(left, right)``.
+
     Weights: ``kernel`` of shape ``(kernel_size, n_channels // groups, n_filters)``
     and, with ``use_bias``, ``bias`` of shape ``(n_filters,)``.
     """
@@ -110,7 +125,7 @@ class Conv1D(Op):
     kernel_size: int
     stride: int = 1
     dilation: int = 1
-    padding: str = "valid"
+    padding: str | tuple[int, int] = "valid"
     groups: int = 1
     use_bias: bool = True
 
@@ -124,13 +139,14 @@ class Pool1D(Op):
     """Max or average pooling along the length axis.
 
     ``same`` padding follows TensorFlow: padded cells never win a maximum and are
-    not counted in an average.
+    not counted in an average. Explicit padding ``(left, right)`` adds that many
+    such cells at each end.
     """
 
     mode: str  # "max" or "average"
     pool_size: int
     stride: int
-    padding: str = "valid"
+    padding: str | tuple[int, int] = "valid"
 
 
 @dataclass(frozen=True)
@@ -258,9 +274,9 @@ class Dense(Op):
 
 @dataclass(frozen=True)
 class GlobalPool1D(Op):
-    """Mean or max over the length ``axis`` (0 for channels-last inputs)."""
+    """Mean, max or sum over the length ``axis`` (0 for channels-last inputs)."""
 
-    mode: str  # "max" or "average"
+    mode: str  # "max", "average" or "sum"
     axis: int = 0
     keepdims: bool = False
 

@@ -19,9 +19,15 @@ Shape = tuple[int | None, ...]
 
 
 def conv_padding(
-    seq_len: int, kernel_size: int, stride: int, dilation: int, padding: str
+    seq_len: int,
+    kernel_size: int,
+    stride: int,
+    dilation: int,
+    padding: str | tuple[int, int],
 ) -> tuple[int, int, int]:
     """Padding and output length of a 1-D convolution.
+
+    ``padding`` is ``"valid"``, ``"same"``, ``"causal"`` or ``(left, right)``.
 
     Returns
     -------
@@ -29,7 +35,9 @@ def conv_padding(
         Zero rows added before and after the input, and the output length.
     """
     span = (kernel_size - 1) * dilation + 1
-    if padding == "valid":
+    if isinstance(padding, tuple):
+        left, right = padding
+    elif padding == "valid":
         left = right = 0
     elif padding == "causal":
         left, right = span - 1, 0
@@ -46,7 +54,7 @@ def conv_padding(
 
 
 def pool_padding(
-    seq_len: int, pool_size: int, stride: int, padding: str
+    seq_len: int, pool_size: int, stride: int, padding: str | tuple[int, int]
 ) -> tuple[int, int, int]:
     """Padding and output length of a 1-D pooling window (TensorFlow rules)."""
     return conv_padding(seq_len, pool_size, stride, 1, padding)
@@ -108,6 +116,8 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
 
     if isinstance(op, ops.Pool1D):
         _need_rank(node, x, 2, "(seq_len, n_channels)")
+        if isinstance(op.padding, tuple):
+            _check_pool_pads(node, op, x[0])
         length = _length(
             x[0], lambda n: pool_padding(n, op.pool_size, op.stride, op.padding)[2]
         )
@@ -163,8 +173,9 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
         return tuple(x)
 
     if isinstance(op, ops.Merge):
-        if len(in_shapes) < 2 or (op.mode == "subtract" and len(in_shapes) != 2):
-            n = "exactly 2" if op.mode == "subtract" else "at least 2"
+        binary = op.mode in ("subtract", "divide")
+        if len(in_shapes) < 2 or (binary and len(in_shapes) != 2):
+            n = "exactly 2" if binary else "at least 2"
             raise ShapeError(f"{where} needs {n} inputs, got {len(in_shapes)}")
         out = in_shapes[0]
         for s in in_shapes[1:]:
@@ -234,6 +245,21 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
         return (x[keep],)
 
     raise ShapeError(f"{where}: no shape rule for op {op.kind}")
+
+
+def _check_pool_pads(node: ops.Node, op: ops.Pool1D, length: int | None) -> None:
+    """Explicit pooling pads must leave an input row in every window (as
+    PyTorch's do): a window of padding alone has no maximum or mean."""
+    left, right = op.padding
+    bad = left >= op.pool_size or right >= op.pool_size
+    if not bad and length is not None:
+        out_len = pool_padding(length, op.pool_size, op.stride, op.padding)[2]
+        bad = out_len > 0 and (out_len - 1) * op.stride >= left + length
+    if bad:
+        raise ShapeError(
+            f"{node.where()}: padding {op.padding} leaves a pooling window of "
+            f"size {op.pool_size} (stride {op.stride}) with no input row"
+        )
 
 
 def _same(a: int | None, b: int | None) -> bool:

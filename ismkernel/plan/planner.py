@@ -62,7 +62,7 @@ class NodePlan:
         window), ``window`` (convolution recomputed on the window), ``pool``,
         ``pointwise``, ``gather`` (merge, concatenate, crop, pad, upsample),
         ``virtual``, ``flatten-dense`` (Dense rows of the window applied to its
-        change), ``global-avg``, ``global-max`` or ``dense``.
+        change), ``global-avg``, ``global-sum``, ``global-max`` or ``dense``.
     shape : tuple of int
         Per-sample output shape at this sequence length.
     lo, hi : ndarray of int64, shape (n_positions,)
@@ -376,7 +376,7 @@ def build_plan(
         ):
             kind, strategy = (
                 "full",
-                f"global-{'avg' if op.mode == 'average' else 'max'}",
+                "global-" + {"average": "avg"}.get(op.mode, op.mode),
             )
         else:
             reason = _local_reason(node, in_shapes, shape)

@@ -467,14 +467,16 @@ class _Chunk:
                 out[group] += delta[group] @ rows[s * ch : (s + sp.width) * ch]
             self.pool.put(change)
             return out
-        if p.strategy in ("global-avg", "global-max"):
+        if p.strategy in ("global-avg", "global-sum", "global-max"):
             src = node.inputs[0]
             sp = self.plan.nodes[src]
             st = states[src]
             length = self.plan.shapes[src][0]
-            if p.strategy == "global-avg":
+            if p.strategy != "global-max":
                 delta = self._change(src, st)
-                change = delta.sum(axis=1) / st.tile.dtype.type(length)
+                change = delta.sum(axis=1)
+                if p.strategy == "global-avg":
+                    change /= st.tile.dtype.type(length)
                 self.pool.put(delta)
                 out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
             else:

@@ -1,0 +1,1337 @@
+"""ONNX models (as ``torch.onnx.export`` writes them), read into the IR.
+
+Needs the ``onnx`` package (the ``onnx`` extra); it only parses the protobuf,
+nothing in the file is executed.
+
+Layout. PyTorch's sequence tensors are channels-first, ``(N, C, L)``; the IR's
+are ``(L, C)`` per sample. Every ONNX value is held as an IR node plus a
+permutation ``perm``: ONNX per-sample axis ``i`` is IR axis ``perm[i]``, so the
+ONNX value is ``ir.transpose(perm)``; a ``None`` entry is an axis of size 1 the
+IR array does not have (``unsqueeze``). ``Transpose``, ``Unsqueeze`` and most
+``Squeeze`` and ``Reshape`` nodes only change ``perm``;
+``Conv`` and pooling require the channels-first view of an IR sequence tensor.
+A model input's own layout is not written in the file: the importer tries the
+layout where the 4-row axis holds channels first, then the other, and keeps the
+first under which every node fits. The model then takes and returns arrays in
+the ONNX (PyTorch) layout; :class:`~ismkernel.model.Model` transposes at the
+boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ismkernel.errors import (
+    IsmkernelWarning,
+    ModelFileError,
+    ShapeError,
+    UnsupportedLayerError,
+)
+from ismkernel.ir import Graph, Node
+from ismkernel.ir import nodes as ops
+
+__all__ = ["read_onnx", "SUPPORTED_OPS", "looks_like_onnx"]
+
+_CF = (1, 0)  # channels-first view of an IR (L, C) tensor
+_BIG = 2**62  # Slice ends past this mean "to the end"
+_FLOAT_TYPES = {1: "FLOAT", 10: "FLOAT16", 11: "DOUBLE", 16: "BFLOAT16"}
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """Whether the first bytes could start an ONNX ``ModelProto``.
+
+    A serialised ModelProto starts with field 1 (``ir_version``, a varint,
+    tag ``0x08``) in every exporter's output.
+    """
+    return head[:1] == b"\x08"
+
+
+class _LayoutMismatch(UnsupportedLayerError):
+    """A node needs another layout of its input than the one guessed."""
+
+
+@dataclass(frozen=True)
+class _Value:
+    node: str  # IR node name
+    perm: tuple[int | None, ...]  # ONNX per-sample axis i is IR axis perm[i]
+
+    @property
+    def real(self) -> tuple[int, ...]:
+        """The IR axes, in ONNX order."""
+        return tuple(j for j in self.perm if j is not None)
+
+
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(perm))
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        out[a.name] = value
+    return out
+
+
+class _Importer:
+    def __init__(self, model, path: str, input_perms: dict[str, tuple[int, ...]]):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.path = path
+        self.numpy_helper = numpy_helper
+        self.graph = Graph()
+        self.consts: dict[str, np.ndarray] = {}
+        self.values: dict[str, _Value] = {}
+        self.input_perms = input_perms
+        self.opset = _opset(model)
+        self.node = None
+        self.node_index = 0
+        self.warned: set[str] = set()
+
+    # -- messages --------------------------------------------------------------
+    def where(self) -> str:
+        n = self.node
+        return f"node '{self.node_name()}' ({n.op_type})"
+
+    def node_name(self) -> str:
+        n = self.node
+        return n.name or (n.output[0] if n.output else f"{n.op_type}_{self.node_index}")
+
+    def unsupported(self, what: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(f"{self.where()} in '{self.path}': {what}")
+
+    def layout_error(self, what: str) -> _LayoutMismatch:
+        return _LayoutMismatch(f"{self.where()} in '{self.path}': {what}")
+
+    # -- values ----------------------------------------------------------------
+    def onnx_shape(self, v: _Value) -> tuple:
+        ir = self.graph.nodes[v.node].shape
+        return tuple(1 if j is None else ir[j] for j in v.perm)
+
+    def ir_rank(self, v: _Value) -> int:
+        return len(self.graph.nodes[v.node].shape)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name)
+
+    def need_const(self, name: str, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise self.unsupported(
+                f"its {what} ('{name}') must be a constant (an initializer or a "
+                "Constant node), not computed from the model input"
+            )
+        return self.consts[name]
+
+    def tensor(self, name: str) -> _Value:
+        value = self.values.get(name)
+        if isinstance(value, _Value):
+            return value
+        if value is not None:
+            raise self.unsupported(f"input '{name}' is a comparison, not a tensor")
+        if name in self.consts:
+            raise self.unsupported(
+                f"input '{name}' is a constant where ismkernel needs a tensor "
+                "computed from the model input"
+            )
+        raise ModelFileError(
+            f"{self.where()} in '{self.path}' reads '{name}', which no earlier "
+            "node produces"
+        )
+
+    def add(
+        self,
+        op: ops.Op,
+        inputs: list[_Value],
+        perm: tuple[int, ...],
+        weights: dict | None = None,
+        suffix: str = "",
+    ) -> _Value:
+        name = self.node_name() + suffix
+        while name in self.graph.nodes:
+            name += "'"
+        node = Node(
+            name,
+            op,
+            tuple(v.node for v in inputs),
+            {
+                k: np.ascontiguousarray(w, dtype=np.float32)
+                for k, w in (weights or {}).items()
+            },
+            layer=self.node_name(),
+            layer_class=self.node.op_type,
+        )
+        try:
+            self.graph.add(node)
+        except ShapeError as err:
+            raise ShapeError(f"{err} (in '{self.path}')") from None
+        return _Value(name, perm)
+
+    def ir_const(self, arr: np.ndarray, v: _Value, what: str) -> np.ndarray:
+        """An ONNX constant that broadcasts against value ``v``, as an IR array
+        of the same per-sample rank, broadcasting against ``v``'s IR node."""
+        rank = len(v.perm)
+        a = np.asarray(arr, dtype=np.float64)
+        if a.ndim == rank + 1:
+            if a.shape[0] != 1:
+                raise self.unsupported(
+                    f"{what} of shape {a.shape} varies along the batch axis"
+                )
+            a = a[0]
+        if a.ndim > rank:
+            raise self.unsupported(
+                f"{what} of shape {a.shape} has more axes than the tensor "
+                f"{(None,) + self.onnx_shape(v)}"
+            )
+        a = a.reshape((1,) * (rank - a.ndim) + a.shape)
+        shape = self.onnx_shape(v)
+        for i, (d, s) in enumerate(zip(a.shape, shape)):
+            if d != 1 and d != s:
+                raise self.unsupported(
+                    f"{what} of shape {np.shape(arr)} does not broadcast against the "
+                    f"tensor {(None,) + shape} without enlarging it (axis {i + 1})"
+                )
+        # Drop the axes the IR array lacks (all of size 1), then reorder.
+        a = a.reshape([d for d, j in zip(a.shape, v.perm) if j is not None])
+        a = a.transpose(_inverse(v.real))
+        return a.reshape(a.shape + (1,) * (self.ir_rank(v) - a.ndim))
+
+    def sample_axis(self, axis: int, rank: int) -> int:
+        """An ONNX axis (batch included) as a per-sample ONNX axis."""
+        a = axis + rank + 1 if axis < 0 else axis
+        if a == 0:
+            raise self.unsupported("it acts on the batch axis")
+        if not 0 < a <= rank:
+            raise ModelFileError(
+                f"{self.where()} in '{self.path}': axis {axis} is out of range for "
+                f"a tensor of rank {rank + 1}"
+            )
+        return a - 1
+
+    def need_sequence(self, v: _Value, what: str) -> None:
+        if len(v.perm) != 2:
+            raise self.unsupported(
+                f"{what} needs a (batch, channels, length) tensor, got shape "
+                f"{(None,) + self.onnx_shape(v)}"
+            )
+        if v.perm != _CF:
+            raise self.layout_error(
+                f"{what} reads its input as (batch, channels, length), but that "
+                "tensor is channels-last here"
+            )
+
+    # -- the walk --------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.model.graph
+        for init in g.initializer:
+            self.consts[init.name] = self._array(init)
+        init_names = set(self.consts)
+        for inp in g.input:
+            if inp.name in init_names:
+                continue
+            self._add_input(inp)
+        for self.node_index, self.node in enumerate(g.node):
+            self._check_known()  # the root cause first, before any other error
+        for self.node_index, self.node in enumerate(g.node):
+            self._convert()
+        self.node = None
+        for out in g.output:
+            if out.name not in self.values:
+                raise UnsupportedLayerError(
+                    f"output '{out.name}' of '{self.path}' is a constant, not "
+                    "computed from the model input"
+                )
+            v = self.values[out.name]
+            self.graph.outputs.append(v.node)
+            self.graph.output_names.append(out.name)
+            self.output_perms.append(v.perm)
+        return self.graph.finalize()
+
+    def _array(self, tensor) -> np.ndarray:
+        arr = self.numpy_helper.to_array(tensor)
+        if arr.dtype in (np.float16, np.float64) or arr.dtype.name == "bfloat16":
+            if arr.dtype != np.float64 and "dtype" not in self.warned:
+                self.warned.add("dtype")
+                warnings.warn(
+                    f"'{self.path}' stores {arr.dtype} constants; ismkernel computes in "
+                    "float32, so results will differ from a reduced-precision run",
+                    IsmkernelWarning,
+                    stacklevel=4,
+                )
+            arr = arr.astype(np.float32)
+        return arr
+
+    def _add_input(self, inp) -> None:
+        tt = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type"):
+            raise UnsupportedLayerError(
+                f"input '{inp.name}' of '{self.path}' is not a tensor"
+            )
+        if tt.elem_type not in _FLOAT_TYPES:
+            raise UnsupportedLayerError(
+                f"input '{inp.name}' of '{self.path}' has ONNX element type "
+                f"{tt.elem_type}; ismkernel takes floating-point inputs"
+            )
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if len(dims) not in (2, 3):
+            raise UnsupportedLayerError(
+                f"input '{inp.name}' of '{self.path}' has rank {len(dims)} "
+                f"(shape {dims}); ismkernel takes (batch, features) or sequence "
+                "inputs of rank 3"
+            )
+        shape = tuple(dims[1:])
+        perm = self.input_perms.get(inp.name, tuple(range(len(shape))))
+        ir_shape = tuple(shape[i] for i in _inverse(perm))
+        node = Node(inp.name, ops.Input(ir_shape), layer=inp.name, layer_class="Input")
+        self.graph.add(node)
+        self.graph.inputs.append(inp.name)
+        self.values[inp.name] = _Value(inp.name, perm)
+
+    def _check_known(self) -> None:
+        n = self.node
+        if n.domain not in ("", "ai.onnx"):
+            raise self.unsupported(
+                f"operators of domain '{n.domain}' are not supported; "
+                f"supported: {', '.join(SUPPORTED_OPS)}"
+            )
+        if n.op_type not in _HANDLERS and n.op_type not in _FOLD:
+            raise self.unsupported(
+                f"op type {n.op_type} is not supported; supported: "
+                f"{', '.join(SUPPORTED_OPS)}"
+            )
+
+    def _convert(self) -> None:
+        n = self.node
+        inputs = list(n.input)
+        present = [i for i in inputs if i]
+        if present and all(i in self.consts for i in present) and n.op_type in _FOLD:
+            self._fold(inputs)
+            return
+        if n.op_type not in _HANDLERS:
+            raise self.unsupported(
+                f"{n.op_type} is supported only on constants, not on tensors "
+                "computed from the model input"
+            )
+        result = _HANDLERS[n.op_type](self, inputs, _attrs(n))
+        if not isinstance(result, (list, tuple)):
+            result = [result]
+        for name, value in zip(n.output, result):
+            if isinstance(value, np.ndarray):
+                self.consts[name] = value
+            else:
+                self.values[name] = value
+        for extra in n.output[len(result) :]:
+            if extra and self._is_read(extra):
+                raise self.unsupported(f"its output '{extra}' is used but unsupported")
+
+    def _is_read(self, name: str) -> bool:
+        g = self.model.graph
+        return any(name in m.input for m in g.node) or any(
+            o.name == name for o in g.output
+        )
+
+    def _fold(self, inputs: list[str]) -> None:
+        n = self.node
+        xs = [self.consts[i] if i else None for i in inputs]
+        out = _FOLD[n.op_type](self, xs, _attrs(n))
+        self.consts[n.output[0]] = np.asarray(out)
+
+
+def _opset(model) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+# --- handlers: (importer, input names, attributes) -> values ---------------------
+
+_HANDLERS: dict = {}
+_FOLD: dict = {}
+
+
+def _handles(*names):
+    def register(fn):
+        for name in names:
+            _HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+def _folds(*names):
+    def register(fn):
+        for name in names:
+            _FOLD[name] = fn
+        return fn
+
+    return register
+
+
+def _pair(values, default) -> tuple[int, int]:
+    values = list(values) if values is not None else [default, default]
+    return int(values[0]), int(values[1])
+
+
+def _single(imp: _Importer, attrs: dict, key: str, default: int) -> int:
+    value = attrs.get(key)
+    if value is None:
+        return default
+    if len(value) != 1:
+        raise imp.unsupported(
+            f"{key}={list(value)}: only 1-D (batch, channels, length) ops are supported"
+        )
+    return int(value[0])
+
+
+def _explicit_pads(imp: _Importer, attrs: dict, length, span: int, stride: int):
+    """Left and right padding from ``pads`` / ``auto_pad``."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto == "VALID":
+        return 0, 0
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if length is None:
+            if stride != 1:
+                raise imp.unsupported(
+                    f"auto_pad={auto} with stride {stride} needs a fixed input length"
+                )
+            total = span - 1
+        else:
+            out_len = -(-length // stride)
+            total = max((out_len - 1) * stride + span - length, 0)
+        small = total // 2
+        return (
+            (small, total - small) if auto == "SAME_UPPER" else (total - small, small)
+        )
+    pads = attrs.get("pads")
+    if pads is None:
+        return 0, 0
+    if len(pads) != 2:
+        raise imp.unsupported(f"pads={list(pads)}: only 1-D ops are supported")
+    return int(pads[0]), int(pads[1])
+
+
+def _conv_padding(left: int, right: int, span: int, stride: int):
+    if left == right == 0:
+        return "valid"
+    if stride == 1 and (left, right) == ((span - 1) // 2, span - 1 - (span - 1) // 2):
+        return "same"
+    if stride == 1 and (left, right) == (span - 1, 0):
+        return "causal"
+    return (left, right)
+
+
+@_handles("Conv")
+def _conv(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    w = imp.need_const(inputs[1], "weight")
+    if w.ndim != 3:
+        raise imp.unsupported(
+            f"weight of shape {w.shape}: only 1-D convolution (a weight of rank 3) "
+            "is supported"
+        )
+    imp.need_sequence(x, "Conv")
+    n_filters, cin_g, k = w.shape
+    stride = _single(imp, attrs, "strides", 1)
+    dilation = _single(imp, attrs, "dilations", 1)
+    groups = int(attrs.get("group", 1))
+    span = (k - 1) * dilation + 1
+    length = imp.onnx_shape(x)[1]
+    left, right = _explicit_pads(imp, attrs, length, span, stride)
+    if left < 0 or right < 0:
+        raise imp.unsupported(f"negative pads ({left}, {right}) are not supported")
+    bias = None
+    if len(inputs) > 2 and inputs[2]:
+        bias = imp.need_const(inputs[2], "bias").reshape(-1)
+    op = ops.Conv1D(
+        n_filters=int(n_filters),
+        kernel_size=int(k),
+        stride=stride,
+        dilation=dilation,
+        padding=_conv_padding(left, right, span, stride),
+        groups=groups,
+        use_bias=bias is not None,
+    )
+    weights = {"kernel": w.transpose(2, 1, 0)}
+    if bias is not None:
+        weights["bias"] = bias
+    return imp.add(op, [x], _CF, weights)
+
+
+@_handles("MaxPool", "AveragePool")
+def _pool(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    is_max = imp.node.op_type == "MaxPool"
+    imp.need_sequence(x, imp.node.op_type)
+    size = _single(imp, attrs, "kernel_shape", 1)
+    stride = _single(imp, attrs, "strides", 1)
+    if _single(imp, attrs, "dilations", 1) != 1:
+        raise imp.unsupported("pooling with dilation is not supported")
+    if attrs.get("storage_order", 0):
+        raise imp.unsupported("storage_order=1 is not supported")
+    length = imp.onnx_shape(x)[1]
+    left, right = _explicit_pads(imp, attrs, length, size, stride)
+    extra = 0
+    if attrs.get("ceil_mode", 0):
+        if length is None:
+            raise imp.unsupported("ceil_mode=1 needs a fixed input length")
+        padded = length + left + right
+        out_len = -(-(padded - size) // stride) + 1
+        if (
+            out_len - 1
+        ) * stride >= length + left:  # a window may not start in the right padding
+            out_len -= 1
+        extra = max(0, (out_len - 1) * stride + size - padded)
+    if not is_max and attrs.get("count_include_pad", 0) and (left or right):
+        pad = imp.add(ops.ZeroPad1D(left, right), [x], _CF, suffix="/pad")
+        x, left, right = pad, 0, 0
+    right += extra
+    padding = "valid" if left == right == 0 else (left, right)
+    op = ops.Pool1D("max" if is_max else "average", size, stride, padding)
+    return imp.add(op, [x], _CF)
+
+
+@_handles("BatchNormalization")
+def _batch_norm(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    if attrs.get("training_mode", 0):
+        raise imp.unsupported("training_mode=1 is not supported (export in eval mode)")
+    scale, bias, mean, var = (
+        imp.need_const(i, w).astype(np.float64)
+        for i, w in zip(inputs[1:5], ("scale", "bias", "mean", "variance"))
+    )
+    eps = float(attrs.get("epsilon", 1e-5))
+    inv = scale / np.sqrt(var + eps)
+    shift = bias - mean * inv
+    rank = len(x.perm)
+    shape = (-1,) + (1,) * (rank - 1)
+    weights = {
+        "scale": imp.ir_const(inv.reshape(shape), x, "scale"),
+        "shift": imp.ir_const(shift.reshape(shape), x, "bias"),
+    }
+    axis = -1 if x.perm[0] is None else x.perm[0]
+    return imp.add(ops.ChannelAffine(axis=axis), [x], x.perm, weights)
+
+
+def _activation(fn: str, **fixed):
+    def handler(imp: _Importer, inputs, attrs):
+        x = imp.tensor(inputs[0])
+        return imp.add(ops.Activation(fn, **fixed), [x], x.perm)
+
+    return handler
+
+
+for _name, _fn in {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "Exp": "exponential",
+    "Erf": "erf",
+    "Log": "log",
+    "Abs": "abs",
+    "Reciprocal": "reciprocal",
+    "Mish": "mish",
+}.items():
+    _HANDLERS[_name] = _activation(_fn)
+
+
+@_handles("LeakyRelu")
+def _leaky_relu(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    slope = float(attrs.get("alpha", 0.01))
+    return imp.add(ops.Activation("relu", negative_slope=slope), [x], x.perm)
+
+
+@_handles("Elu", "Celu")
+def _elu(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    fn = imp.node.op_type.lower()
+    return imp.add(
+        ops.Activation(fn, alpha=float(attrs.get("alpha", 1.0))), [x], x.perm
+    )
+
+
+@_handles("Selu")
+def _selu(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    if not (
+        math.isclose(alpha, 1.6732632, rel_tol=1e-6)
+        and math.isclose(gamma, 1.0507010, rel_tol=1e-6)
+    ):
+        raise imp.unsupported(
+            f"Selu with alpha={alpha}, gamma={gamma}: only the standard constants "
+            "are supported"
+        )
+    return imp.add(ops.Activation("selu"), [x], x.perm)
+
+
+@_handles("Gelu")
+def _gelu(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    approx = attrs.get("approximate", "none")
+    if approx not in ("none", "tanh"):
+        raise imp.unsupported(f"Gelu approximate={approx!r} is not supported")
+    return imp.add(ops.Activation("gelu", approximate=approx == "tanh"), [x], x.perm)
+
+
+@_handles("HardSigmoid", "HardSwish")
+def _hard_sigmoid(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    if imp.node.op_type == "HardSwish":
+        return imp.add(ops.Activation("hard_silu", alpha=1 / 6), [x], x.perm)
+    alpha = float(attrs.get("alpha", 0.2))
+    beta = float(attrs.get("beta", 0.5))
+    if beta != 0.5 or not (
+        math.isclose(alpha, 0.2, rel_tol=1e-6)
+        or math.isclose(alpha, 1 / 6, rel_tol=1e-6)
+    ):
+        raise imp.unsupported(
+            f"HardSigmoid with alpha={alpha}, beta={beta}: only (0.2, 0.5) and "
+            "(1/6, 0.5) are supported"
+        )
+    alpha = 0.2 if math.isclose(alpha, 0.2, rel_tol=1e-6) else 1 / 6
+    return imp.add(ops.Activation("hard_sigmoid", alpha=alpha), [x], x.perm)
+
+
+@_handles("Clip")
+def _clip(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    if imp.opset < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        lo = (
+            float(imp.need_const(inputs[1], "min"))
+            if len(inputs) > 1 and inputs[1]
+            else None
+        )
+        hi = (
+            float(imp.need_const(inputs[2], "max"))
+            if len(inputs) > 2 and inputs[2]
+            else None
+        )
+    if lo == 0:
+        return imp.add(ops.Activation("relu", max_value=hi), [x], x.perm)
+    if lo == -1 and hi == 1:
+        return imp.add(ops.Activation("hard_tanh"), [x], x.perm)
+    raise imp.unsupported(
+        f"Clip to [{lo}, {hi}]: only [0, max] (ReLU, ReLU6) and [-1, 1] are supported"
+    )
+
+
+@_handles("Neg")
+def _neg(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    one = np.ones((1,) * imp.ir_rank(x))
+    weights = {"scale": -one, "shift": 0 * one}
+    return imp.add(ops.ChannelAffine(), [x], x.perm, weights)
+
+
+@dataclass(frozen=True)
+class _Greater:
+    """``x > threshold``: kept only to recognise PyTorch's Softplus threshold."""
+
+    x: str
+    threshold: float
+
+
+@_handles("Greater")
+def _greater(imp, inputs, attrs):
+    imp.tensor(inputs[0])
+    c = imp.need_const(inputs[1], "threshold")
+    if c.size != 1:
+        raise imp.unsupported("comparisons are supported only with a scalar")
+    return _Greater(inputs[0], float(c.reshape(-1)[0]))
+
+
+@_handles("Where")
+def _where(imp, inputs, attrs):
+    cond = imp.values.get(inputs[0])
+    if isinstance(cond, _Greater) and inputs[1] == cond.x:
+        x = imp.tensor(cond.x)
+        other = imp.tensor(inputs[2])
+        node = imp.graph.nodes[other.node]
+        t = np.float32(cond.threshold)
+        if (
+            isinstance(node.op, ops.Activation)
+            and node.op.fn == "softplus"
+            and node.inputs == (x.node,)
+            and other.perm == x.perm
+            and np.logaddexp(np.float32(0), t) == t
+        ):
+            # where(x > t, x, softplus(x)): softplus(x) already rounds to x
+            # in float32 above t, so the select changes nothing.
+            return other
+    raise imp.unsupported(
+        "Where is supported only as PyTorch's Softplus threshold, "
+        "where(x > t, x, softplus(x))"
+    )
+
+
+@_handles("Softmax", "LogSoftmax")
+def _softmax(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    default = -1 if imp.opset >= 13 else 1
+    axis = imp.sample_axis(int(attrs.get("axis", default)), rank)
+    if imp.opset < 13 and axis != rank - 1:
+        raise imp.unsupported(
+            f"opset {imp.opset} {imp.node.op_type} over axis {axis + 1} flattens the "
+            "trailing axes; only the last axis is supported before opset 13"
+        )
+    fn = "softmax" if imp.node.op_type == "Softmax" else "log_softmax"
+    if x.perm[axis] is None:
+        raise imp.unsupported(f"{imp.node.op_type} over an axis of size 1")
+    return imp.add(ops.Activation(fn, axis=x.perm[axis]), [x], x.perm)
+
+
+@_handles("PRelu")
+def _prelu(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    slope = imp.need_const(inputs[1], "slope")
+    alpha = imp.ir_const(slope, x, "slope")
+    return imp.add(ops.PReLU(), [x], x.perm, {"alpha": alpha})
+
+
+_BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide"}
+
+
+@_handles("Add", "Sub", "Mul", "Div")
+def _binary(imp: _Importer, inputs, attrs):
+    kind = imp.node.op_type
+    a, b = inputs[0], inputs[1]
+    if a in imp.consts or b in imp.consts:
+        const_first = a in imp.consts
+        x = imp.tensor(b if const_first else a)
+        c = imp.ir_const(imp.consts[a if const_first else b], x, "constant")
+        rank = len(x.perm)
+        one, zero = np.ones((1,) * rank), np.zeros((1,) * rank)
+        if kind == "Add":
+            scale, shift = one, c
+        elif kind == "Sub":
+            scale, shift = (-one, c) if const_first else (one, -c)
+        elif kind == "Mul":
+            scale, shift = c, zero
+        elif const_first:  # c / x
+            x = imp.add(ops.Activation("reciprocal"), [x], x.perm, suffix="/reciprocal")
+            if np.all(c == 1):
+                return x
+            scale, shift = c, zero
+        else:
+            scale, shift = 1.0 / c, zero
+        weights = {"scale": scale, "shift": shift}
+        return imp.add(ops.ChannelAffine(axis=-1), [x], x.perm, weights)
+    xa, xb = imp.tensor(a), imp.tensor(b)
+    if len(xa.perm) != len(xb.perm):
+        raise imp.unsupported(
+            f"its inputs have different ranks ({(None,) + imp.onnx_shape(xa)} and "
+            f"{(None,) + imp.onnx_shape(xb)})"
+        )
+    if xa.perm != xb.perm:
+        # Bring the one with fewer values into the other's layout, when only
+        # size-1 axes differ (a gate of shape (C, 1) against (C, L)).
+        sa, sb = imp.onnx_shape(xa), imp.onnx_shape(xb)
+        if math.prod(d or 0 for d in sa) >= math.prod(d or 0 for d in sb):
+            xb = _align(imp, xb, xa)
+        else:
+            xa = _align(imp, xa, xb)
+    return imp.add(ops.Merge(_BINARY[kind]), [xa, xb], xa.perm)
+
+
+def _align(imp: _Importer, v: _Value, like: _Value) -> _Value:
+    """``v`` reshaped into ``like``'s layout, when that moves no values."""
+    shape = imp.onnx_shape(v)
+    if any(j is None and d != 1 for j, d in zip(like.perm, shape)):
+        raise imp.layout_error("its two inputs are in different layouts")
+    ir_shape = [1] * imp.ir_rank(like)
+    for j, d in zip(like.perm, shape):
+        if j is not None:
+            ir_shape[j] = d
+    if sum(d != 1 for d in shape) > 1:
+        raise imp.layout_error("its two inputs are in different layouts")
+    node = imp.add(ops.Reshape(tuple(ir_shape)), [v], like.perm, suffix="/align")
+    return node
+
+
+@_handles("Concat")
+def _concat(imp: _Importer, inputs, attrs):
+    xs = [imp.tensor(i) for i in inputs]
+    rank = len(xs[0].perm)
+    if any(len(v.perm) != rank for v in xs):
+        raise imp.unsupported("its inputs have different ranks")
+    if any(v.perm != xs[0].perm for v in xs):
+        raise imp.layout_error("its inputs are in different layouts")
+    axis = imp.sample_axis(int(attrs["axis"]), rank)
+    if len(xs) == 1:
+        return xs[0]
+    if xs[0].perm[axis] is None:
+        raise imp.unsupported(
+            f"concatenating along axis {axis + 1}, which the IR lacks"
+        )
+    return imp.add(ops.Concatenate(axis=xs[0].perm[axis]), xs, xs[0].perm)
+
+
+def _slice_params(imp: _Importer, inputs, attrs):
+    if imp.opset < 10:
+        starts, ends = attrs["starts"], attrs["ends"]
+        axes = attrs.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts = imp.need_const(inputs[1], "starts").tolist()
+        ends = imp.need_const(inputs[2], "ends").tolist()
+        axes = (
+            imp.need_const(inputs[3], "axes").tolist()
+            if len(inputs) > 3 and inputs[3]
+            else list(range(len(starts)))
+        )
+        steps = (
+            imp.need_const(inputs[4], "steps").tolist()
+            if len(inputs) > 4 and inputs[4]
+            else [1] * len(starts)
+        )
+    return list(zip(axes, starts, ends, steps))
+
+
+@_handles("Slice")
+def _slice(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    shape = imp.onnx_shape(x)
+    crops = {}
+    for axis, start, end, step in _slice_params(imp, inputs, attrs):
+        a = int(axis) + rank + 1 if axis < 0 else int(axis)
+        if a == 0:
+            if start in (0,) and end >= _BIG // 4 and step == 1:
+                continue
+            raise imp.unsupported("slicing the batch axis is not supported")
+        if step != 1:
+            raise imp.unsupported(f"Slice with step {step} is not supported")
+        n = shape[a - 1]
+        if n is None and (start < 0 or 0 < end < _BIG // 4):
+            raise imp.unsupported(
+                "a Slice of an axis of unknown length needs a fixed input length"
+            )
+        if n is None:
+            first, drop_end = start, (-end if end < 0 else 0)
+        else:
+            s = min(max(start + n if start < 0 else start, 0), n)
+            e = min(max(end + n if end < 0 else end, 0), n)
+            if e <= s:
+                raise imp.unsupported(
+                    f"Slice [{start}:{end}] of an axis of {n} is empty"
+                )
+            first, drop_end = s, n - e
+        if first == drop_end == 0:
+            continue
+        crops[a - 1] = (first, drop_end)
+    if not crops:
+        return x
+    out = x
+    for axis, (first, drop_end) in crops.items():
+        if rank != 2 or out.perm[axis] != 0:
+            raise imp.unsupported(
+                f"slicing axis {axis + 1} of a tensor of shape "
+                f"{(None,) + imp.onnx_shape(out)}: only crops along the length axis "
+                "are supported"
+            )
+        out = imp.add(
+            ops.Crop1D(first, drop_end),
+            [out],
+            out.perm,
+            suffix=f"/{axis}" if len(crops) > 1 else "",
+        )
+    return out
+
+
+@_handles("Pad")
+def _pad(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    mode = attrs.get("mode", "constant")
+    if mode != "constant":
+        raise imp.unsupported(
+            f"Pad mode '{mode}' is not supported (only constant zeros)"
+        )
+    if imp.opset < 11:
+        pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+        axes = None
+    else:
+        pads = imp.need_const(inputs[1], "pads").tolist()
+        value = (
+            float(imp.need_const(inputs[2], "constant_value").reshape(-1)[0])
+            if len(inputs) > 2 and inputs[2]
+            else 0.0
+        )
+        axes = (
+            imp.need_const(inputs[3], "axes").tolist()
+            if len(inputs) > 3 and inputs[3]
+            else None
+        )
+    if value != 0.0:
+        raise imp.unsupported(f"padding with {value} is not supported (only zeros)")
+    rank = len(x.perm)
+    axes = (
+        list(range(rank + 1))
+        if axes is None
+        else [a + rank + 1 if a < 0 else a for a in axes]
+    )
+    half = len(pads) // 2
+    out = x
+    for a, left, right in zip(axes, pads[:half], pads[half:]):
+        if left == right == 0:
+            continue
+        if a == 0 or rank != 2 or x.perm[a - 1] != 0:
+            raise imp.unsupported(
+                f"padding axis {a}: only the length axis of a (batch, channels, "
+                "length) tensor can be padded"
+            )
+        if left < 0 or right < 0:
+            raise imp.unsupported("negative pads are not supported")
+        out = imp.add(ops.ZeroPad1D(int(left), int(right)), [out], out.perm)
+    return out
+
+
+def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
+    src = imp.onnx_shape(x)
+    target = tuple(int(t) for t in target)
+    if target == tuple(src):
+        return x
+    if None in src:
+        raise imp.unsupported(f"reshaping {(None,) + src} needs a fixed input length")
+    if math.prod(target) != math.prod(src):
+        raise ShapeError(
+            f"{imp.where()} in '{imp.path}': cannot reshape {(None,) + src} to "
+            f"{(None,) + target}"
+        )
+    ir = imp.graph.nodes[x.node].shape
+    if [d for d in src if d != 1] == [d for d in target if d != 1]:
+        # Only size-1 axes come and go: a new view of the same IR array.
+        big = iter([j for j, d in zip(x.perm, src) if d != 1])
+        ones = [j for j in x.real if ir[j] == 1]
+        ones += [j for j in range(len(ir)) if ir[j] == 1 and j not in ones]
+        perm = []
+        for d in target:
+            if d != 1:
+                perm.append(next(big))
+            elif ones:
+                perm.append(ones.pop(0))
+            else:
+                perm.append(None)
+        if not ones:
+            return _Value(x.node, tuple(perm))
+        if len(target) == 1 and len(x.real) == 1:
+            return _Value(x.node, (x.real[0],))
+        # IR axes of size 1 left over: drop them from the IR array.
+        keep = [j for j in range(len(ir)) if j not in ones]
+        node = imp.add(
+            ops.Reshape(tuple(ir[j] for j in keep)), [x], (), suffix="/squeeze"
+        )
+        return _Value(
+            node.node, tuple(None if j is None else keep.index(j) for j in perm)
+        )
+    if len(target) == 1 and len(ir) == 2 and x.real in ((0, 1), _CF):
+        return imp.add(ops.Flatten(channels_first=x.real == _CF), [x], (0,))
+    if x.real == tuple(range(len(ir))):
+        # The IR array is in ONNX order (size-1 axes aside): a row-major reshape.
+        return imp.add(ops.Reshape(target), [x], tuple(range(len(target))))
+    raise imp.unsupported(
+        f"reshaping {(None,) + src} to {(None,) + target} moves values of a "
+        "channels-first tensor; only flattening is supported there"
+    )
+
+
+@_handles("Reshape")
+def _reshape(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    shape = [int(s) for s in imp.need_const(inputs[1], "shape").reshape(-1)]
+    src = imp.onnx_shape(x)
+    if len(shape) < 2:
+        raise imp.unsupported(f"reshape to {shape} merges the batch axis")
+    per = shape[1:]
+    if not attrs.get("allowzero", 0):
+        per = [src[i] if s == 0 and i < len(src) else s for i, s in enumerate(per)]
+    if per.count(-1) > 1:
+        raise ModelFileError(f"{imp.where()} in '{imp.path}': shape {shape} has two -1")
+    if -1 in per:
+        if None in src:
+            raise imp.unsupported(
+                f"reshaping {(None,) + src} needs a fixed input length"
+            )
+        known = math.prod(s for s in per if s != -1)
+        per[per.index(-1)] = math.prod(src) // known if known else 0
+    return _reshape_to(imp, x, tuple(per))
+
+
+@_handles("Flatten")
+def _flatten(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    if int(attrs.get("axis", 1)) != 1:
+        raise imp.unsupported(
+            f"Flatten with axis={attrs.get('axis')}: only axis=1 is supported"
+        )
+    src = imp.onnx_shape(x)
+    if None in src:
+        raise imp.unsupported(f"flattening {(None,) + src} needs a fixed input length")
+    return _reshape_to(imp, x, (math.prod(src),))
+
+
+def _axes(imp: _Importer, inputs, attrs, position: int = 1) -> list[int] | None:
+    if "axes" in attrs:
+        return [int(a) for a in attrs["axes"]]
+    if len(inputs) > position and inputs[position]:
+        return [int(a) for a in imp.need_const(inputs[position], "axes").reshape(-1)]
+    return None
+
+
+@_handles("Squeeze", "Unsqueeze")
+def _squeeze(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    src = list(imp.onnx_shape(x))
+    axes = _axes(imp, inputs, attrs)
+    if imp.node.op_type == "Squeeze":
+        rank = len(src)
+        if axes is None:
+            axes = [i + 1 for i, d in enumerate(src) if d == 1]
+        per = sorted(imp.sample_axis(a, rank) for a in axes)
+        if any(src[a] != 1 for a in per):
+            raise ShapeError(
+                f"{imp.where()} in '{imp.path}': squeezes an axis of size > 1 in {(None,) + tuple(src)}"
+            )
+        target = [d for i, d in enumerate(src) if i not in per]
+    else:
+        if axes is None:
+            raise ModelFileError(f"{imp.where()} in '{imp.path}' has no axes")
+        rank = len(src) + len(axes)
+        per = sorted(imp.sample_axis(a, rank) for a in axes)
+        target = list(src)
+        for a in per:
+            target.insert(a, 1)
+    return _reshape_to(imp, x, tuple(target))
+
+
+@_handles("Transpose")
+def _transpose(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    perm = attrs.get("perm", list(range(rank, -1, -1)))
+    if len(perm) != rank + 1 or perm[0] != 0:
+        raise imp.unsupported(f"Transpose perm={list(perm)} moves the batch axis")
+    return _Value(x.node, tuple(x.perm[p - 1] for p in perm[1:]))
+
+
+@_handles("Gemm")
+def _gemm(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    if attrs.get("transA", 0):
+        raise imp.unsupported("transA=1 is not supported")
+    if len(x.perm) != 1:
+        raise imp.unsupported(
+            f"input of shape {(None,) + imp.onnx_shape(x)} is not (batch, features)"
+        )
+    b = imp.need_const(inputs[1], "B").astype(np.float64)
+    if attrs.get("transB", 0):
+        b = b.T
+    kernel = float(attrs.get("alpha", 1.0)) * b
+    units = kernel.shape[1]
+    weights = {"kernel": kernel}
+    if len(inputs) > 2 and inputs[2]:
+        c = imp.need_const(inputs[2], "C").astype(np.float64)
+        weights["bias"] = float(attrs.get("beta", 1.0)) * np.broadcast_to(
+            c, (1, units)
+        ).reshape(units)
+    op = ops.Dense(units=int(units), use_bias="bias" in weights)
+    return imp.add(op, [x], x.perm, weights)
+
+
+@_handles("MatMul")
+def _matmul(imp: _Importer, inputs, attrs):
+    if inputs[0] in imp.consts:
+        raise imp.unsupported(
+            "a constant times a tensor (weights first) is not supported"
+        )
+    x = imp.tensor(inputs[0])
+    w = imp.need_const(inputs[1], "second operand")
+    if w.ndim != 2:
+        raise imp.unsupported(
+            f"a weight of shape {w.shape}: only 2-D weights are supported"
+        )
+    if x.perm[-1] != imp.ir_rank(x) - 1:
+        raise imp.layout_error(
+            "it multiplies along the length axis of a sequence tensor; only the "
+            "channel (last IR) axis is supported"
+        )
+    return imp.add(
+        ops.Dense(units=int(w.shape[1]), use_bias=False), [x], x.perm, {"kernel": w}
+    )
+
+
+@_handles("ReduceMean", "ReduceSum", "ReduceMax")
+def _reduce(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    axes = _axes(imp, inputs, attrs)
+    if axes is None:
+        if attrs.get("noop_with_empty_axes", 0):
+            return x
+        raise imp.unsupported("reducing over all axes (the batch too) is not supported")
+    per = sorted({imp.sample_axis(a, rank) for a in axes})
+    keep = bool(attrs.get("keepdims", 1))
+    mode = {"ReduceMean": "average", "ReduceSum": "sum", "ReduceMax": "max"}[
+        imp.node.op_type
+    ]
+    shape = imp.onnx_shape(x)
+    # Reducing an axis of size 1 changes no value.
+    real = [i for i in per if shape[i] != 1]
+    out = x
+    if len(real) == 2 and len(x.real) == 2 and not keep and mode != "max":
+        # Over a whole sample: over length, then a dense sum over channels.
+        pooled = imp.add(ops.GlobalPool1D(mode, axis=0), [x], (0,), suffix="/length")
+        n = imp.graph.nodes[pooled.node].shape[0]
+        w = np.full((n, 1), 1.0 / n if mode == "average" else 1.0)
+        return imp.add(ops.Dense(1, use_bias=False), [pooled], (), {"kernel": w})
+    if len(real) > 1 or (real and len(x.real) != 2):
+        raise imp.unsupported(
+            f"reducing axes {axes} of {(None,) + shape}: only one axis of a "
+            "(batch, channels, length) tensor is supported"
+        )
+    if real:
+        ir_axis = x.perm[real[0]]
+        op = ops.GlobalPool1D(mode, axis=ir_axis, keepdims=keep)
+        if keep:
+            return imp.add(op, [x], x.perm)
+        perm = tuple(
+            None if j is None else j - (j > ir_axis)
+            for i, j in enumerate(x.perm)
+            if i not in per
+        )
+        return imp.add(op, [x], perm)
+    if keep:
+        return out
+    target = tuple(d for i, d in enumerate(imp.onnx_shape(out)) if i not in per)
+    return _reshape_to(imp, out, target)
+
+
+@_handles("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    imp.need_sequence(x, imp.node.op_type)
+    mode = "max" if imp.node.op_type == "GlobalMaxPool" else "average"
+    return imp.add(ops.GlobalPool1D(mode, axis=0, keepdims=True), [x], _CF)
+
+
+@_handles("Identity", "Dropout")
+def _identity(imp: _Importer, inputs, attrs):
+    return imp.tensor(inputs[0])
+
+
+@_handles("Cast")
+def _cast(imp: _Importer, inputs, attrs):
+    if attrs.get("to") not in _FLOAT_TYPES:
+        raise imp.unsupported(
+            f"casting a tensor to ONNX type {attrs.get('to')} is not supported"
+        )
+    return imp.tensor(inputs[0])
+
+
+@_handles("Constant")
+def _constant(imp: _Importer, inputs, attrs):
+    if "value" in attrs:
+        return imp._array(attrs["value"])
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise imp.unsupported(
+        f"a Constant with attributes {sorted(attrs)} is not supported"
+    )
+
+
+@_handles("Shape")
+def _shape(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    shape = imp.onnx_shape(x)
+    if None in shape:
+        raise imp.unsupported(
+            f"the shape of {(None,) + shape} needs a fixed input length"
+        )
+    full = np.array((1,) + shape, dtype=np.int64)  # the batch size does not matter here
+    return full[attrs.get("start", 0) : attrs.get("end", None)]
+
+
+# Nodes whose inputs are all constants are evaluated here, at import.
+
+
+@_folds("Identity", "Dropout")
+def _fold_identity(imp, xs, attrs):
+    return xs[0]
+
+
+@_folds("Cast")
+def _fold_cast(imp, xs, attrs):
+    from onnx import helper
+
+    return xs[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+
+
+@_folds("Add", "Sub", "Mul", "Div")
+def _fold_binary(imp, xs, attrs):
+    a, b = xs[0], xs[1]
+    kind = imp.node.op_type
+    if kind == "Div" and np.issubdtype(a.dtype, np.integer):
+        return np.trunc(a / b).astype(a.dtype)
+    return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[
+        kind
+    ](a, b)
+
+
+@_folds("Neg", "Sqrt")
+def _fold_unary(imp, xs, attrs):
+    return {"Neg": np.negative, "Sqrt": np.sqrt}[imp.node.op_type](xs[0])
+
+
+@_folds("Concat")
+def _fold_concat(imp, xs, attrs):
+    return np.concatenate(xs, axis=int(attrs["axis"]))
+
+
+@_folds("Gather")
+def _fold_gather(imp, xs, attrs):
+    return np.take(xs[0], xs[1], axis=int(attrs.get("axis", 0)))
+
+
+@_folds("Unsqueeze")
+def _fold_unsqueeze(imp, xs, attrs):
+    axes = attrs.get(
+        "axes", xs[1].tolist() if len(xs) > 1 and xs[1] is not None else []
+    )
+    out = xs[0]
+    rank = out.ndim + len(axes)
+    for a in sorted(a + rank if a < 0 else a for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+@_folds("Squeeze")
+def _fold_squeeze(imp, xs, attrs):
+    axes = attrs.get(
+        "axes", xs[1].tolist() if len(xs) > 1 and xs[1] is not None else None
+    )
+    return np.squeeze(xs[0], axis=None if axes is None else tuple(axes))
+
+
+@_folds("Reshape")
+def _fold_reshape(imp, xs, attrs):
+    shape = [int(s) for s in xs[1]]
+    shape = [
+        xs[0].shape[i] if s == 0 and not attrs.get("allowzero") else s
+        for i, s in enumerate(shape)
+    ]
+    return xs[0].reshape(shape)
+
+
+@_folds("Transpose")
+def _fold_transpose(imp, xs, attrs):
+    return np.transpose(xs[0], attrs.get("perm"))
+
+
+@_folds("Slice")
+def _fold_slice(imp, xs, attrs):
+    index = [slice(None)] * xs[0].ndim
+    for axis, start, end, step in _slice_params(imp, list(imp.node.input), attrs):
+        index[axis] = slice(start, end, step)
+    return xs[0][tuple(index)]
+
+
+@_folds("ConstantOfShape")
+def _fold_constant_of_shape(imp, xs, attrs):
+    value = attrs.get("value")
+    fill = (
+        imp._array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    )
+    return np.full([int(s) for s in xs[0]], fill[0], dtype=fill.dtype)
+
+
+#: The ONNX operator types the importer maps (some only on constants).
+SUPPORTED_OPS = tuple(sorted(set(_HANDLERS) | set(_FOLD)))
+
+
+def _candidate_perms(model, path: str) -> list[dict[str, tuple[int, ...]]]:
+    init = {i.name for i in model.graph.initializer}
+    options = []
+    names = []
+    for inp in model.graph.input:
+        if inp.name in init:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) != 3:
+            continue
+        a, b = (d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+        first = [_CF, (0, 1)]
+        if b == 4 and a != 4:
+            first.reverse()
+        names.append(inp.name)
+        options.append(first)
+    return [dict(zip(names, combo)) for combo in itertools.product(*options)] or [{}]
+
+
+def read_onnx(path: str):
+    """Read an ONNX model file into an IR graph.
+
+    Returns
+    -------
+    graph : Graph
+    info : dict
+        ``format`` (``"onnx"``), ``producer``, ``input_perms`` and
+        ``output_perms`` (per input and output, how the model's own layout maps
+        to the IR's: model axis ``i`` is IR axis ``perm[i]``).
+    """
+    try:
+        import onnx
+    except ImportError:
+        from ismkernel.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"'{path}' is an ONNX file; reading it needs the onnx package: "
+            "pip install 'ismkernel[onnx]'"
+        ) from None
+    try:
+        model = onnx.load(path)
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise ModelFileError(f"'{path}' is not a readable ONNX file: {err}") from None
+    if not model.graph.node and not model.graph.input:
+        raise ModelFileError(f"'{path}' holds no ONNX graph")
+    first_error = None
+    for perms in _candidate_perms(model, path):
+        importer = _Importer(model, path, perms)
+        importer.output_perms = []
+        try:
+            graph = importer.run()
+        except _LayoutMismatch as err:
+            first_error = first_error or err
+            continue
+        producer = " ".join(
+            p for p in (model.producer_name, model.producer_version) if p
+        )
+        info = {
+            "format": "onnx",
+            "producer": f"{producer or 'unknown producer'}, opset {importer.opset}",
+            "input_perms": [importer.values[n].perm for n in graph.inputs],
+            "output_perms": list(importer.output_perms),
+        }
+        return graph, info
+    raise first_error

@@ -1,0 +1,329 @@
+"""ONNX import: every PyTorch-built fixture against PyTorch itself, ISM on the
+engines, and a clear error for everything the importer refuses."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from conftest import (
+    ONNX_FIXTURES,
+    assert_close_keras,
+    assert_same_ism,
+    fixture_inputs,
+    onnx_manifest,
+)
+
+import ismkernel
+from ismkernel.errors import (
+    BackendUnavailableError,
+    ModelFileError,
+    ShapeError,
+    UnsupportedLayerError,
+)
+from ismkernel.plan import build_plan
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+MANIFEST = onnx_manifest()
+FILES = sorted(MANIFEST)
+ALTS = np.vstack([np.eye(4), np.zeros(4), np.full(4, 0.25)]).astype(np.float32)
+
+
+def _data(name: str) -> dict[str, np.ndarray]:
+    with np.load(ONNX_FIXTURES / MANIFEST[name]["npz"]) as d:
+        return {k: d[k] for k in d.files}
+
+
+def _x(xs):
+    return xs if len(xs) > 1 else xs[0]
+
+
+def test_there_are_enough_fixtures():
+    models = {v["model"] for v in MANIFEST.values()}
+    assert len(models) >= 12
+    assert {v["exporter"] for v in MANIFEST.values()} == {"dynamo", "torchscript"}
+    assert {v["layout"] for v in MANIFEST.values()} == {"ncl", "nlc"}
+    assert {"bpnet", "basset"} <= models
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("kind", ["onehot", "float"])
+def test_predict_matches_pytorch(name, kind):
+    model = ismkernel.load_model(ONNX_FIXTURES / name)
+    data = _data(name)
+    comp = model.predict(_x(fixture_inputs(data, kind)))
+    assert len(comp) == MANIFEST[name]["n_outputs"]
+    for k, y in enumerate(comp):
+        assert y.dtype == np.float32
+        assert_close_keras(y, data[f"y_{kind}_{k}"], f"{name} output {k}")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_inputs_and_outputs_are_in_the_models_layout(name):
+    model = ismkernel.load_model(ONNX_FIXTURES / name)
+    data = _data(name)
+    xs = fixture_inputs(data, "onehot")
+    assert model.format == "onnx"
+    assert "opset" in model.producer
+    assert [tuple(s.shape) for s in model.inputs] == [x.shape[1:] for x in xs]
+    for k, spec in enumerate(model.outputs):
+        assert tuple(spec.shape) == data[f"y_onehot_{k}"].shape[1:]
+    seq = model.inputs[0].shape
+    if MANIFEST[name]["layout"] == "ncl":
+        assert seq[0] == 4 and model.input_perms[0] == (1, 0)
+    else:
+        assert seq[-1] == 4 and model.input_perms[0] == (0, 1)
+    text = model.summary()
+    assert "onnx" in text and model.input_names[0] in text
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_naive_ism_matches_pytorch_mutants(name):
+    model = ismkernel.load_model(ONNX_FIXTURES / name)
+    data = _data(name)
+    xs = [x[:1] for x in fixture_inputs(data, "onehot")]
+    result = ismkernel.ism(
+        model,
+        _x(xs),
+        positions=data["positions"],
+        alternatives=data["alternatives"],
+        backend="reference",
+        batch_size=7,
+    )
+    for k, out in enumerate(result.outputs):
+        assert_close_keras(out[0], data[f"ism_{k}"], f"{name} ISM output {k}")
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("kind", ["onehot", "float"])
+def test_cpu_ism_equals_reference(name, kind):
+    model = ismkernel.load_model(ONNX_FIXTURES / name)
+    x = _x(fixture_inputs(_data(name), kind))
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
+    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS, batch_size=7)
+    assert_same_ism(ref, cpu, name)
+
+
+def test_the_incremental_plan_holds_for_pytorch_models():
+    """Imported PyTorch models keep their incremental strategies: padded
+    convolutions, crops and the mean over length are not dense."""
+    model = ismkernel.load_model(ONNX_FIXTURES / "bpnet.onnx")
+    name = model.graph.inputs[0]
+    plan = build_plan(model.graph, name, {name: (64, 4)}, np.arange(64))
+    convs = [
+        p
+        for name, p in plan.nodes.items()
+        if model.graph.nodes[name].op.kind == "Conv1D"
+    ]
+    assert len(convs) == 7
+    assert all(p.kind == "tile" for p in convs), plan.describe()
+    assert "global-avg" in {p.strategy for p in plan.nodes.values()}
+    assert plan.flops_plan < plan.flops_naive / 2
+
+
+def test_format_is_read_from_content_not_name(tmp_path):
+    renamed = tmp_path / "model.h5"
+    shutil.copy(ONNX_FIXTURES / "deepsea.onnx", renamed)
+    model = ismkernel.load_model(renamed)
+    assert model.format == "onnx"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\xff\xff\xff not a protobuf at all")
+    with pytest.raises(ModelFileError, match="not a readable ONNX file"):
+        ismkernel.load_model(garbage)
+
+
+def test_external_weights_are_read_and_missing_ones_reported(tmp_path):
+    assert (ONNX_FIXTURES / "basset.onnx.data").exists()
+    shutil.copy(ONNX_FIXTURES / "basset.onnx", tmp_path / "basset.onnx")
+    with pytest.raises(ModelFileError, match="basset.onnx"):
+        ismkernel.load_model(tmp_path / "basset.onnx")
+
+
+def test_missing_onnx_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(
+        BackendUnavailableError, match=r"pip install 'ismkernel\[onnx\]'"
+    ):
+        ismkernel.load_model(ONNX_FIXTURES / "deepsea.onnx")
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        (
+            "lstm",
+            r"node '.*' \(LSTM\).*op type LSTM is not supported; supported: .*Conv",
+        ),
+        ("channel_slice", r"\(Slice\).*only crops along the length axis"),
+        ("reflect_pad", r"\(Pad\).*Pad mode 'reflect' is not supported"),
+        ("attention", r"\(MatMul\).*must be a constant"),
+        ("conv2d", r"input 'x' .* has rank 4"),
+        ("cumsum", r"\(CumSum\).*op type CumSum is not supported"),
+    ],
+)
+def test_refused_pytorch_models(name, match):
+    with pytest.raises(UnsupportedLayerError, match=match):
+        ismkernel.load_model(ONNX_FIXTURES / "refused" / f"{name}.onnx")
+
+
+# -- hand-built graphs: options PyTorch's exporters do not write ----------------
+
+
+def _save(tmp_path, nodes, inits=(), in_shape=(None, 4, 16), out_shape=None, opset=17):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test"
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _conv_weight(rng, n_out=3, n_in=4, k=4):
+    return rng.normal(size=(n_out, n_in, k)).astype(np.float32)
+
+
+def _conv_loop(x, w, left, right):
+    """Direct PyTorch-layout convolution: (N, C, L) with weight (O, C, K)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (left, right)))
+    k = w.shape[2]
+    out_len = xp.shape[2] - k + 1
+    return np.stack(
+        [np.einsum("nck,ock->no", xp[:, :, i : i + k], w) for i in range(out_len)], -1
+    )
+
+
+@pytest.mark.parametrize(
+    "auto_pad,left,right", [("SAME_UPPER", 1, 2), ("SAME_LOWER", 2, 1), ("VALID", 0, 0)]
+)
+def test_auto_pad(tmp_path, auto_pad, left, right):
+    rng = np.random.default_rng(0)
+    w = _conv_weight(rng)
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], kernel_shape=[4], auto_pad=auto_pad
+    )
+    model = ismkernel.load_model(_save(tmp_path, [node], [("w", w)]))
+    x = rng.normal(size=(2, 4, 16)).astype(np.float32)
+    (y,) = model.predict(x)
+    np.testing.assert_allclose(y, _conv_loop(x, w, left, right), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_input_found_through_a_transpose(tmp_path):
+    rng = np.random.default_rng(1)
+    w = _conv_weight(rng)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[4]),
+    ]
+    model = ismkernel.load_model(
+        _save(tmp_path, nodes, [("w", w)], in_shape=(None, 16, 4))
+    )
+    assert model.inputs[0].shape == (16, 4)
+    x = rng.normal(size=(2, 16, 4)).astype(np.float32)
+    (y,) = model.predict(x)
+    np.testing.assert_allclose(
+        y, _conv_loop(x.transpose(0, 2, 1), w, 0, 0), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "node,inits,match",
+    [
+        (
+            helper.make_node("Selu", ["x"], ["y"], alpha=2.0),
+            [],
+            r"node 'n' \(Selu\).*only the standard constants",
+        ),
+        (
+            helper.make_node("Clip", ["x", "lo", "hi"], ["y"]),
+            [("lo", np.float32(-2)), ("hi", np.float32(3))],
+            r"\(Clip\).*only \[0, max\]",
+        ),
+        (
+            helper.make_node("Pad", ["x", "p", "v"], ["y"]),
+            [("p", np.array([0, 0, 1, 0, 0, 1])), ("v", np.float32(1.0))],
+            r"\(Pad\).*only zeros",
+        ),
+        (
+            helper.make_node("Pad", ["x", "p"], ["y"]),
+            [("p", np.array([0, 1, 0, 0, 1, 0]))],
+            r"\(Pad\).*only the length axis",
+        ),
+        (
+            helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"]),
+            [
+                ("s", np.array([0])),
+                ("e", np.array([10])),
+                ("a", np.array([2])),
+                ("st", np.array([2])),
+            ],
+            r"\(Slice\).*step 2",
+        ),
+        (
+            helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2]),
+            [],
+            r"\(Transpose\).*moves the batch axis",
+        ),
+        (
+            helper.make_node("ReduceMean", ["x"], ["y"], keepdims=0),
+            [],
+            r"\(ReduceMean\).*over all axes",
+        ),
+        (
+            helper.make_node("Softmax", ["x"], ["y"], axis=1),
+            [],
+            r"opset 11 Softmax over axis 1",
+        ),
+        (
+            helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2], dilations=[2]),
+            [],
+            r"\(MaxPool\).*dilation",
+        ),
+        (
+            helper.make_node("Upsample", ["x", "s"], ["y"]),
+            [("s", np.array([1.0, 1.0, 2.0], np.float32))],
+            r"op type Upsample is not supported",
+        ),
+        (
+            helper.make_node("Foo", ["x"], ["y"], domain="com.example"),
+            [],
+            r"operators of domain 'com.example' are not supported",
+        ),
+    ],
+)
+def test_unsupported_options_are_named(tmp_path, node, inits, match):
+    node.name = "n"
+    opset = 11 if node.op_type == "Softmax" else 17
+    path = _save(tmp_path, [node], inits, opset=opset)
+    with pytest.raises(UnsupportedLayerError, match=match):
+        ismkernel.load_model(path)
+
+
+def test_integer_input_is_refused(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(UnsupportedLayerError, match="input 'x'.*floating-point"):
+        ismkernel.load_model(path)
+
+
+def test_bad_reshape_is_a_shape_error(tmp_path):
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"])]
+    path = _save(tmp_path, nodes, [("s", np.array([0, 5, 13]))])
+    with pytest.raises(ShapeError, match="cannot reshape"):
+        ismkernel.load_model(path)
