@@ -72,7 +72,7 @@ class Model:
         """Name and per-sample shape of each input, in model input order and in
         the model's own layout."""
         return [
-            TensorSpec(s.name, tuple(s.shape[j] for j in p))
+            TensorSpec(s.name, _model_shape(s.shape, p))
             for s, p in zip(self.graph.input_specs, self.input_perms)
         ]
 
@@ -81,21 +81,18 @@ class Model:
         """Name and per-sample shape of each output, in model output order and
         in the model's own layout."""
         return [
-            TensorSpec(s.name, tuple(s.shape[j] for j in p))
+            TensorSpec(s.name, _model_shape(s.shape, p))
             for s, p in zip(self.graph.output_specs, self.output_perms)
         ]
 
     def feeds(self, x: Any, dtype: np.dtype, name: str = "x") -> list[np.ndarray]:
         """``x`` validated against the model's inputs, as IR-layout arrays."""
         feeds = as_feeds(self.inputs, x, dtype, name)
-        return [
-            _permute(f, tuple(int(j) for j in np.argsort(p)), 1)
-            for f, p in zip(feeds, self.input_perms)
-        ]
+        return [_to_ir(f, p, 1) for f, p in zip(feeds, self.input_perms)]
 
     def from_ir(self, arrays: list[np.ndarray], lead: int) -> list[np.ndarray]:
         """Output arrays with ``lead`` leading axes, from IR to model layout."""
-        return [_permute(a, p, lead) for a, p in zip(arrays, self.output_perms)]
+        return [_from_ir(a, p, lead) for a, p in zip(arrays, self.output_perms)]
 
     @property
     def input_names(self) -> list[str]:
@@ -204,14 +201,38 @@ class Model:
         return f"<Model {os.path.basename(self.path)!r}: inputs [{ins}] -> outputs [{outs}]>"
 
 
-def _permute(a: np.ndarray, perm: tuple[int, ...], lead: int) -> np.ndarray:
-    """``a`` with its per-sample axes (after ``lead`` leading ones) permuted."""
-    if not perm and a.ndim > lead:  # a per-sample scalar, held as shape (1,)
-        return a.reshape(a.shape[:lead])
-    if perm == tuple(range(len(perm))):
+# A layout ``perm`` lists, per axis of a sample in the model's layout, the IR
+# axis it is, or None for a size-1 axis the IR array does not have. IR axes of
+# size 1 may be missing from it (a per-sample scalar is held as shape (1,)).
+
+
+def _model_shape(ir_shape: tuple, perm: tuple) -> tuple:
+    return tuple(1 if j is None else ir_shape[j] for j in perm)
+
+
+def _from_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
+    """IR array ``a`` (after ``lead`` leading axes) in the model's layout."""
+    real = [j for j in perm if j is not None]
+    rank = a.ndim - lead
+    if real == list(range(rank)) and len(real) == len(perm):
         return a
+    order = real + [j for j in range(rank) if j not in real]  # missing ones: size 1
+    moved = a.transpose(tuple(range(lead)) + tuple(lead + j for j in order))
+    shape = a.shape[:lead] + _model_shape(a.shape[lead:], perm)
+    return np.ascontiguousarray(moved.reshape(shape))
+
+
+def _to_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
+    """Array ``a`` in the model's layout as an IR array."""
+    real = [j for j in perm if j is not None]
+    if real == list(range(len(perm))):
+        return a
+    kept = a.reshape(
+        a.shape[:lead] + tuple(d for d, j in zip(a.shape[lead:], perm) if j is not None)
+    )
+    order = tuple(int(i) for i in np.argsort(real))
     return np.ascontiguousarray(
-        a.transpose(tuple(range(lead)) + tuple(lead + j for j in perm))
+        kept.transpose(tuple(range(lead)) + tuple(lead + i for i in order))
     )
 
 

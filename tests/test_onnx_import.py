@@ -46,7 +46,7 @@ def test_there_are_enough_fixtures():
     models = {v["model"] for v in MANIFEST.values()}
     assert len(models) >= 12
     assert {v["exporter"] for v in MANIFEST.values()} == {"dynamo", "torchscript"}
-    assert {v["layout"] for v in MANIFEST.values()} == {"ncl", "nlc"}
+    assert {v["layout"] for v in MANIFEST.values()} == {"ncl", "nlc", "nc1l"}
     assert {"bpnet", "basset"} <= models
 
 
@@ -73,10 +73,10 @@ def test_inputs_and_outputs_are_in_the_models_layout(name):
     for k, spec in enumerate(model.outputs):
         assert tuple(spec.shape) == data[f"y_onehot_{k}"].shape[1:]
     seq = model.inputs[0].shape
-    if MANIFEST[name]["layout"] == "ncl":
-        assert seq[0] == 4 and model.input_perms[0] == (1, 0)
-    else:
-        assert seq[-1] == 4 and model.input_perms[0] == (0, 1)
+    layout = MANIFEST[name]["layout"]
+    expected = {"ncl": (1, 0), "nlc": (0, 1), "nc1l": (1, None, 0)}[layout]
+    assert model.input_perms[0] == expected
+    assert seq[layout.index("c") - 1] == 4
     text = model.summary()
     assert "onnx" in text and model.input_names[0] in text
 
@@ -290,9 +290,24 @@ def test_channels_last_input_found_through_a_transpose(tmp_path):
             r"\(MaxPool\).*dilation",
         ),
         (
-            helper.make_node("Upsample", ["x", "s"], ["y"]),
+            helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear"),
             [("s", np.array([1.0, 1.0, 2.0], np.float32))],
-            r"op type Upsample is not supported",
+            r"\(Resize\).*only nearest-neighbour upsampling",
+        ),
+        (
+            helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest"),
+            [("s", np.array([1.0, 2.0, 1.0], np.float32))],
+            r"\(Resize\).*only an integer upsampling of the length axis",
+        ),
+        (
+            helper.make_node("LayerNormalization", ["x", "g"], ["y"], axis=1),
+            [("g", np.ones((4, 16), np.float32))],
+            r"\(LayerNormalization\).*only normalisation over the channel axis",
+        ),
+        (
+            helper.make_node("CumSum", ["x", "a"], ["y"]),
+            [("a", np.array(2))],
+            r"op type CumSum is not supported; supported: Abs, Add",
         ),
         (
             helper.make_node("Foo", ["x"], ["y"], domain="com.example"),

@@ -39,6 +39,7 @@ __all__ = ["read_onnx", "SUPPORTED_OPS", "looks_like_onnx"]
 
 _CF = (1, 0)  # channels-first view of an IR (L, C) tensor
 _BIG = 2**62  # Slice ends past this mean "to the end"
+_FIX_LENGTH = "; export the model with a fixed sequence length (no dynamic length axis)"
 _FLOAT_TYPES = {1: "FLOAT", 10: "FLOAT16", 11: "DOUBLE", 16: "BFLOAT16"}
 
 
@@ -217,17 +218,28 @@ class _Importer:
             )
         return a - 1
 
-    def need_sequence(self, v: _Value, what: str) -> None:
-        if len(v.perm) != 2:
-            raise self.unsupported(
-                f"{what} needs a (batch, channels, length) tensor, got shape "
-                f"{(None,) + self.onnx_shape(v)}"
-            )
-        if v.perm != _CF:
+    def need_sequence(self, v: _Value, what: str, n_spatial: int = 1) -> int:
+        """Check that ``v`` is a channels-first sequence for an op with
+        ``n_spatial`` spatial axes; return which spatial axis is the length.
+
+        Two spatial axes are accepted when one of them is a size-1 axis the IR
+        lacks: ``(N, C, 1, L)`` or ``(N, C, L, 1)``, as 2-D ports of 1-D models
+        (Basset's) have them.
+        """
+        if n_spatial == 1 and v.perm == _CF:
+            return 0
+        if n_spatial == 2 and v.perm in ((1, None, 0), (1, 0, None)):
+            return v.perm.index(0) - 1
+        if len(v.perm) == n_spatial + 1 and v.perm[0] == 1 and 0 in v.perm:
             raise self.layout_error(
                 f"{what} reads its input as (batch, channels, length), but that "
                 "tensor is channels-last here"
             )
+        raise self.unsupported(
+            f"{what} needs a (batch, channels, length) tensor"
+            + (" with one spatial axis of size 1" if n_spatial == 2 else "")
+            + f", got shape {(None,) + self.onnx_shape(v)}"
+        )
 
     # -- the walk --------------------------------------------------------------
     def run(self) -> Graph:
@@ -281,16 +293,23 @@ class _Importer:
                 f"input '{inp.name}' of '{self.path}' has ONNX element type "
                 f"{tt.elem_type}; ismkernel takes floating-point inputs"
             )
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if len(dims) not in (2, 3):
-            raise UnsupportedLayerError(
-                f"input '{inp.name}' of '{self.path}' has rank {len(dims)} "
-                f"(shape {dims}); ismkernel takes (batch, features) or sequence "
-                "inputs of rank 3"
-            )
+        dims = _dims(inp)
+        perm = self.input_perms.get(inp.name)
+        if perm is None:
+            if len(dims) != 2:
+                raise UnsupportedLayerError(
+                    f"input '{inp.name}' of '{self.path}' has rank {len(dims)} "
+                    f"(shape {dims}); ismkernel takes (batch, features) inputs and "
+                    "sequences (batch, channels, length), (batch, length, channels) "
+                    "or, with a size-1 axis, (batch, channels, 1, length)"
+                )
+            perm = (0,)
         shape = tuple(dims[1:])
-        perm = self.input_perms.get(inp.name, tuple(range(len(shape))))
-        ir_shape = tuple(shape[i] for i in _inverse(perm))
+        ir_shape = [0] * len([j for j in perm if j is not None])
+        for d, j in zip(shape, perm):
+            if j is not None:
+                ir_shape[j] = d
+        ir_shape = tuple(ir_shape)
         node = Node(inp.name, ops.Input(ir_shape), layer=inp.name, layer_class="Input")
         self.graph.add(node)
         self.graph.inputs.append(inp.name)
@@ -382,18 +401,30 @@ def _pair(values, default) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
-def _single(imp: _Importer, attrs: dict, key: str, default: int) -> int:
+def _single(
+    imp: _Importer, attrs: dict, key: str, default: int, n: int = 1, axis: int = 0
+) -> int:
+    """The value of a per-spatial-axis attribute on the length axis ``axis``
+    of ``n``; on the other axis (of size 1) it must be 1."""
     value = attrs.get(key)
     if value is None:
         return default
-    if len(value) != 1:
+    if len(value) != n or any(int(v) != 1 for i, v in enumerate(value) if i != axis):
         raise imp.unsupported(
-            f"{key}={list(value)}: only 1-D (batch, channels, length) ops are supported"
+            f"{key}={list(value)}: only 1-D ops along the length axis are supported"
         )
-    return int(value[0])
+    return int(value[axis])
 
 
-def _explicit_pads(imp: _Importer, attrs: dict, length, span: int, stride: int):
+def _explicit_pads(
+    imp: _Importer,
+    attrs: dict,
+    length,
+    span: int,
+    stride: int,
+    n: int = 1,
+    axis: int = 0,
+):
     """Left and right padding from ``pads`` / ``auto_pad``."""
     auto = attrs.get("auto_pad", "NOTSET")
     if auto == "VALID":
@@ -403,6 +434,7 @@ def _explicit_pads(imp: _Importer, attrs: dict, length, span: int, stride: int):
             if stride != 1:
                 raise imp.unsupported(
                     f"auto_pad={auto} with stride {stride} needs a fixed input length"
+                    + _FIX_LENGTH
                 )
             total = span - 1
         else:
@@ -415,9 +447,11 @@ def _explicit_pads(imp: _Importer, attrs: dict, length, span: int, stride: int):
     pads = attrs.get("pads")
     if pads is None:
         return 0, 0
-    if len(pads) != 2:
-        raise imp.unsupported(f"pads={list(pads)}: only 1-D ops are supported")
-    return int(pads[0]), int(pads[1])
+    if len(pads) != 2 * n or any(int(p) for i, p in enumerate(pads) if i % n != axis):
+        raise imp.unsupported(
+            f"pads={list(pads)}: only padding along the length axis is supported"
+        )
+    return int(pads[axis]), int(pads[n + axis])
 
 
 def _conv_padding(left: int, right: int, span: int, stride: int):
@@ -434,19 +468,27 @@ def _conv_padding(left: int, right: int, span: int, stride: int):
 def _conv(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
     w = imp.need_const(inputs[1], "weight")
-    if w.ndim != 3:
+    if w.ndim not in (3, 4):
         raise imp.unsupported(
-            f"weight of shape {w.shape}: only 1-D convolution (a weight of rank 3) "
-            "is supported"
+            f"weight of shape {w.shape}: only 1-D convolution (or 2-D with a "
+            "kernel of 1 on a size-1 axis) is supported"
         )
-    imp.need_sequence(x, "Conv")
+    n = w.ndim - 2
+    axis = imp.need_sequence(x, "Conv", n)
+    if n == 2:
+        if w.shape[2 + 1 - axis] != 1:
+            raise imp.unsupported(
+                f"weight of shape {w.shape} spans the size-1 axis; only kernels "
+                "along the length axis are supported"
+            )
+        w = w.reshape(w.shape[0], w.shape[1], w.shape[2 + axis])
     n_filters, cin_g, k = w.shape
-    stride = _single(imp, attrs, "strides", 1)
-    dilation = _single(imp, attrs, "dilations", 1)
+    stride = _single(imp, attrs, "strides", 1, n, axis)
+    dilation = _single(imp, attrs, "dilations", 1, n, axis)
     groups = int(attrs.get("group", 1))
     span = (k - 1) * dilation + 1
-    length = imp.onnx_shape(x)[1]
-    left, right = _explicit_pads(imp, attrs, length, span, stride)
+    length = imp.onnx_shape(x)[1 + axis]
+    left, right = _explicit_pads(imp, attrs, length, span, stride, n, axis)
     if left < 0 or right < 0:
         raise imp.unsupported(f"negative pads ({left}, {right}) are not supported")
     bias = None
@@ -464,26 +506,29 @@ def _conv(imp: _Importer, inputs, attrs):
     weights = {"kernel": w.transpose(2, 1, 0)}
     if bias is not None:
         weights["bias"] = bias
-    return imp.add(op, [x], _CF, weights)
+    return imp.add(op, [x], x.perm, weights)
 
 
 @_handles("MaxPool", "AveragePool")
 def _pool(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
     is_max = imp.node.op_type == "MaxPool"
-    imp.need_sequence(x, imp.node.op_type)
-    size = _single(imp, attrs, "kernel_shape", 1)
-    stride = _single(imp, attrs, "strides", 1)
-    if _single(imp, attrs, "dilations", 1) != 1:
+    n = len(attrs.get("kernel_shape", [1]))
+    axis = imp.need_sequence(x, imp.node.op_type, n)
+    size = _single(imp, attrs, "kernel_shape", 1, n, axis)
+    stride = _single(imp, attrs, "strides", 1, n, axis)
+    if _single(imp, attrs, "dilations", 1, n, axis) != 1:
         raise imp.unsupported("pooling with dilation is not supported")
     if attrs.get("storage_order", 0):
         raise imp.unsupported("storage_order=1 is not supported")
-    length = imp.onnx_shape(x)[1]
-    left, right = _explicit_pads(imp, attrs, length, size, stride)
+    length = imp.onnx_shape(x)[1 + axis]
+    left, right = _explicit_pads(imp, attrs, length, size, stride, n, axis)
     extra = 0
     if attrs.get("ceil_mode", 0):
         if length is None:
-            raise imp.unsupported("ceil_mode=1 needs a fixed input length")
+            raise imp.unsupported(
+                "ceil_mode=1 needs a fixed input length" + _FIX_LENGTH
+            )
         padded = length + left + right
         out_len = -(-(padded - size) // stride) + 1
         if (
@@ -492,12 +537,12 @@ def _pool(imp: _Importer, inputs, attrs):
             out_len -= 1
         extra = max(0, (out_len - 1) * stride + size - padded)
     if not is_max and attrs.get("count_include_pad", 0) and (left or right):
-        pad = imp.add(ops.ZeroPad1D(left, right), [x], _CF, suffix="/pad")
+        pad = imp.add(ops.ZeroPad1D(left, right), [x], x.perm, suffix="/pad")
         x, left, right = pad, 0, 0
     right += extra
     padding = "valid" if left == right == 0 else (left, right)
     op = ops.Pool1D("max" if is_max else "average", size, stride, padding)
-    return imp.add(op, [x], _CF)
+    return imp.add(op, [x], x.perm)
 
 
 @_handles("BatchNormalization")
@@ -822,6 +867,7 @@ def _slice(imp: _Importer, inputs, attrs):
         if n is None and (start < 0 or 0 < end < _BIG // 4):
             raise imp.unsupported(
                 "a Slice of an axis of unknown length needs a fixed input length"
+                + _FIX_LENGTH
             )
         if n is None:
             first, drop_end = start, (-end if end < 0 else 0)
@@ -908,7 +954,9 @@ def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
     if target == tuple(src):
         return x
     if None in src:
-        raise imp.unsupported(f"reshaping {(None,) + src} needs a fixed input length")
+        raise imp.unsupported(
+            f"reshaping {(None,) + src} needs a fixed input length" + _FIX_LENGTH
+        )
     if math.prod(target) != math.prod(src):
         raise ShapeError(
             f"{imp.where()} in '{imp.path}': cannot reshape {(None,) + src} to "
@@ -966,7 +1014,7 @@ def _reshape(imp: _Importer, inputs, attrs):
     if -1 in per:
         if None in src:
             raise imp.unsupported(
-                f"reshaping {(None,) + src} needs a fixed input length"
+                f"reshaping {(None,) + src} needs a fixed input length" + _FIX_LENGTH
             )
         known = math.prod(s for s in per if s != -1)
         per[per.index(-1)] = math.prod(src) // known if known else 0
@@ -982,7 +1030,9 @@ def _flatten(imp: _Importer, inputs, attrs):
         )
     src = imp.onnx_shape(x)
     if None in src:
-        raise imp.unsupported(f"flattening {(None,) + src} needs a fixed input length")
+        raise imp.unsupported(
+            f"flattening {(None,) + src} needs a fixed input length" + _FIX_LENGTH
+        )
     return _reshape_to(imp, x, (math.prod(src),))
 
 
@@ -1125,9 +1175,78 @@ def _reduce(imp: _Importer, inputs, attrs):
 @_handles("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
-    imp.need_sequence(x, imp.node.op_type)
+    imp.need_sequence(x, imp.node.op_type, max(1, len(x.perm) - 1))
     mode = "max" if imp.node.op_type == "GlobalMaxPool" else "average"
-    return imp.add(ops.GlobalPool1D(mode, axis=0, keepdims=True), [x], _CF)
+    return imp.add(ops.GlobalPool1D(mode, axis=0, keepdims=True), [x], x.perm)
+
+
+@_handles("LayerNormalization")
+def _layer_norm(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    axis = imp.sample_axis(int(attrs.get("axis", -1)), rank)
+    if axis != rank - 1 or x.perm[-1] != imp.ir_rank(x) - 1:
+        raise imp.unsupported(
+            "only normalisation over the channel axis (the last one, after a "
+            "transpose to (batch, length, channels)) is supported"
+        )
+    n = imp.onnx_shape(x)[-1]
+    weights = {"gamma": np.broadcast_to(imp.need_const(inputs[1], "scale"), (n,))}
+    if len(inputs) > 2 and inputs[2]:
+        weights["beta"] = np.broadcast_to(imp.need_const(inputs[2], "bias"), (n,))
+    op = ops.LayerNorm(
+        epsilon=float(attrs.get("epsilon", 1e-5)), center="beta" in weights, scale=True
+    )
+    return imp.add(op, [x], x.perm, weights)
+
+
+@_handles("Resize", "Upsample")
+def _resize(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    mode = attrs.get("mode", "nearest")
+    coords = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if mode != "nearest" or coords not in (
+        "asymmetric",
+        "half_pixel",
+        "pytorch_half_pixel",
+    ):
+        raise imp.unsupported(
+            f"Resize mode '{mode}' with coordinate_transformation_mode '{coords}': "
+            "only nearest-neighbour upsampling by an integer factor is supported"
+        )
+    shape = (None,) + imp.onnx_shape(x)
+    if imp.node.op_type == "Upsample":
+        scales = imp.need_const(inputs[1], "scales").tolist()
+    elif (
+        len(inputs) > 2
+        and inputs[2]
+        and imp.const(inputs[2]) is not None
+        and imp.const(inputs[2]).size
+    ):
+        scales = imp.need_const(inputs[2], "scales").tolist()
+    elif len(inputs) > 3 and inputs[3]:
+        sizes = imp.need_const(inputs[3], "sizes").tolist()
+        if None in shape[1:]:
+            raise imp.unsupported(
+                "Resize to fixed sizes needs a fixed input length" + _FIX_LENGTH
+            )
+        scales = [1.0] + [o / i for o, i in zip(sizes[1:], shape[1:])]
+    else:
+        raise ModelFileError(f"{imp.where()} in '{imp.path}' has no scales or sizes")
+    factor = 1
+    for i, sc in enumerate(scales[1:]):
+        if sc == 1:
+            continue
+        if x.perm[i] != 0 or len(x.real) != 2 or sc != int(sc) or sc < 1:
+            raise imp.unsupported(
+                f"scales {scales}: only an integer upsampling of the length axis "
+                "is supported"
+            )
+        factor = int(sc)
+    if factor == 1:
+        return x
+    # With an integer factor, every supported coordinate mode picks row i // factor.
+    return imp.add(ops.UpSample1D(factor), [x], x.perm)
 
 
 @_handles("Identity", "Dropout")
@@ -1167,7 +1286,7 @@ def _shape(imp: _Importer, inputs, attrs):
     shape = imp.onnx_shape(x)
     if None in shape:
         raise imp.unsupported(
-            f"the shape of {(None,) + shape} needs a fixed input length"
+            f"the shape of {(None,) + shape} needs a fixed input length" + _FIX_LENGTH
         )
     full = np.array((1,) + shape, dtype=np.int64)  # the batch size does not matter here
     return full[attrs.get("start", 0) : attrs.get("end", None)]
@@ -1270,20 +1389,33 @@ def _fold_constant_of_shape(imp, xs, attrs):
 SUPPORTED_OPS = tuple(sorted(set(_HANDLERS) | set(_FOLD)))
 
 
+def _dims(inp) -> list[int | None]:
+    return [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in inp.type.tensor_type.shape.dim
+    ]
+
+
 def _candidate_perms(model, path: str) -> list[dict[str, tuple[int, ...]]]:
+    """Layouts to try for the model inputs, most likely first."""
     init = {i.name for i in model.graph.initializer}
     options = []
     names = []
     for inp in model.graph.input:
         if inp.name in init:
             continue
-        dims = inp.type.tensor_type.shape.dim
-        if len(dims) != 3:
+        dims = _dims(inp)
+        if len(dims) == 3:
+            a, b = dims[1:]
+            first = [_CF, (0, 1)]
+            if b == 4 and a != 4:
+                first.reverse()
+        elif len(dims) == 4 and dims[2] == 1:
+            first = [(1, None, 0)]
+        elif len(dims) == 4 and dims[3] == 1:
+            first = [(1, 0, None)]
+        else:
             continue
-        a, b = (d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
-        first = [_CF, (0, 1)]
-        if b == 4 and a != 4:
-            first.reverse()
         names.append(inp.name)
         options.append(first)
     return [dict(zip(names, combo)) for combo in itertools.product(*options)] or [{}]
