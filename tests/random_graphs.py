@@ -48,6 +48,7 @@ class Builder:
 
 
 LOCAL = [
+    "chanpool",
     "conv",
     "conv",
     "pool",
@@ -105,6 +106,9 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
                 y = b.add(ops.Activation(fn), [x])
             elif kind == "affine":
                 y = b.add(ops.ChannelAffine(), [x], scale=b.w(ch), shift=b.w(ch))
+            elif kind == "chanpool":  # a reduction over channels, per row
+                mode = draw(st.sampled_from(["average", "max", "sum"]))
+                y = b.add(ops.GlobalPool1D(mode, axis=1, keepdims=True), [x])
             elif kind == "dense":
                 y = b.add(ops.Dense(3), [x], kernel=b.w(ch, 3), bias=b.w(3))
             elif kind == "crop":

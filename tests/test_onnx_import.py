@@ -342,3 +342,27 @@ def test_bad_reshape_is_a_shape_error(tmp_path):
     path = _save(tmp_path, nodes, [("s", np.array([0, 5, 13]))])
     with pytest.raises(ShapeError, match="cannot reshape"):
         ismkernel.load_model(path)
+
+
+def test_identity_dropout_pad_and_global_pools(tmp_path):
+    """Operators PyTorch's exporters drop or rewrite, written by hand."""
+    nodes = [
+        helper.make_node("Identity", ["x"], ["i"]),
+        helper.make_node("Dropout", ["i"], ["d"], name="drop"),
+        helper.make_node("Pad", ["d", "p"], ["pd"]),
+        helper.make_node("GlobalMaxPool", ["pd"], ["gmp"]),
+        helper.make_node("GlobalAveragePool", ["pd"], ["gap"]),
+        helper.make_node("Concat", ["gmp", "gap"], ["y"], axis=1),
+    ]
+    path = _save(tmp_path, nodes, [("p", np.array([0, 0, 2, 0, 0, 3]))])
+    model = ismkernel.load_model(path)
+    x = np.random.default_rng(3).normal(size=(3, 4, 16)).astype(np.float32)
+    (y,) = model.predict(x)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 3)))
+    expected = np.concatenate(
+        [padded.max(axis=2, keepdims=True), padded.mean(axis=2, keepdims=True)], 1
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
+    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS)
+    assert_same_ism(ref, cpu, "hand-built")

@@ -128,6 +128,7 @@ def _scalar(fn, v, **kw):
         "erf": math.erf(v),
         "abs": abs(v),
         "reciprocal": 1 / v if v else math.inf,
+        "sqrt": math.sqrt(v) if v >= 0 else math.nan,
     }[fn]
 
 
@@ -161,6 +162,7 @@ ACTS = [
     ("erf", {}),
     ("abs", {}),
     ("reciprocal", {}),
+    ("sqrt", {}),
 ]
 
 

@@ -98,6 +98,8 @@ def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
         return np.log(x)
     if fn == "abs":
         return np.abs(x)
+    if fn == "sqrt":
+        return np.sqrt(x)
     if fn == "reciprocal":
         return x.dtype.type(1) / x
     if fn in ("hard_sigmoid", "hard_silu"):

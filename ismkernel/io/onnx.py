@@ -586,6 +586,7 @@ for _name, _fn in {
     "Log": "log",
     "Abs": "abs",
     "Reciprocal": "reciprocal",
+    "Sqrt": "sqrt",
     "Mish": "mish",
 }.items():
     _HANDLERS[_name] = _activation(_fn)
@@ -673,6 +674,21 @@ def _clip(imp, inputs, attrs):
         return imp.add(ops.Activation("hard_tanh"), [x], x.perm)
     raise imp.unsupported(
         f"Clip to [{lo}, {hi}]: only [0, max] (ReLU, ReLU6) and [-1, 1] are supported"
+    )
+
+
+@_handles("Pow")
+def _pow(imp, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    e = imp.need_const(inputs[1], "exponent")
+    if e.size == 1 and float(e.reshape(-1)[0]) == 2.0:
+        return imp.add(ops.Merge("multiply"), [x, x], x.perm)
+    if e.size == 1 and float(e.reshape(-1)[0]) == 0.5:
+        return imp.add(ops.Activation("sqrt"), [x], x.perm)
+    if e.size == 1 and float(e.reshape(-1)[0]) == 1.0:
+        return x
+    raise imp.unsupported(
+        f"Pow with exponent {e.tolist()}: only 2, 0.5 and 1 are supported"
     )
 
 
@@ -1321,6 +1337,11 @@ def _fold_binary(imp, xs, attrs):
 @_folds("Neg", "Sqrt")
 def _fold_unary(imp, xs, attrs):
     return {"Neg": np.negative, "Sqrt": np.sqrt}[imp.node.op_type](xs[0])
+
+
+@_folds("Pow")
+def _fold_pow(imp, xs, attrs):
+    return np.power(xs[0], xs[1])
 
 
 @_folds("Concat")

@@ -68,6 +68,7 @@ ACTIVATIONS = (
     "log",
     "abs",
     "reciprocal",
+    "sqrt",
 )
 
 MERGE_MODES = (

@@ -47,6 +47,15 @@ _LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
 _POINTWISE = (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.LayerNorm, ops.Dense)
 
 
+def is_row_local(op: ops.Op) -> bool:
+    """Whether each output row depends only on the same input row (and the op
+    keeps the (length, channels) form): pointwise ops, per-row dense and
+    normalisation, and a reduction over channels that keeps its axis."""
+    if isinstance(op, ops.GlobalPool1D):
+        return op.axis == 1 and op.keepdims
+    return isinstance(op, _POINTWISE)
+
+
 @dataclass
 class NodePlan:
     """How one node is computed for a batch of mutants.
@@ -252,7 +261,7 @@ def _local_reason(node: ops.Node, in_shapes: list[tuple], out_shape: tuple) -> s
         return f"{op.kind} on a tensor that is not (length, channels)"
     if isinstance(
         op, (ops.Conv1D, ops.Pool1D, *_LOCAL_RESHAPING, ops.LayerNorm, ops.Dense)
-    ):
+    ) or (isinstance(op, ops.GlobalPool1D) and is_row_local(op)):
         return ""
     if isinstance(op, ops.Activation):
         if op.fn in ("softmax", "log_softmax") and op.axis % 2 == 0:
@@ -386,7 +395,7 @@ def build_plan(
                 kind, strategy = "tile", "conv"  # resolved once widths are known
             elif isinstance(op, ops.Pool1D):
                 kind, strategy = "tile", "pool"
-            elif isinstance(op, _POINTWISE):
+            elif is_row_local(op):
                 kind, strategy = "tile", "pointwise"
             else:
                 kind, strategy = "tile", "gather"

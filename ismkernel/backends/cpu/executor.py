@@ -22,6 +22,7 @@ from ismkernel.backends.cpu import kernels
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
 from ismkernel.ir import nodes as ops
 from ismkernel.plan import Plan, build_plan
+from ismkernel.plan.planner import is_row_local
 
 __all__ = ["cpu_ism", "CpuRun"]
 
@@ -346,9 +347,7 @@ class _Chunk:
                 out=self._buf(len(self.seq), p.width, plan.shapes[src][1]),
             )
             return _State(tile=out, start=start)
-        if isinstance(
-            op, (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.LayerNorm, ops.Dense)
-        ):
+        if is_row_local(op):
             src = node.inputs[0]
             st = states.get(src)
             x = self._window_of(st, src, start, p.width)
