@@ -7,7 +7,7 @@ import os
 import sys
 
 from ismkernel import __version__
-from ismkernel.errors import IsmkernelError
+from ismkernel.errors import BackendUnavailableError, InputError, IsmkernelError
 
 __all__ = ["main"]
 
@@ -23,9 +23,9 @@ def _inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     print(model.summary())
     graph = model.graph
-    index = seq_input_index(model.inputs, None)
-    shapes = {s.name: s.shape for s in model.inputs}
-    name = model.inputs[index].name
+    index = seq_input_index(graph.input_specs, None)
+    shapes = {s.name: s.shape for s in graph.input_specs}
+    name = graph.input_specs[index].name
     length = args.length if args.length is not None else shapes[name][0]
     if length is None:
         print("\nThe input length is free: pass --length L to see the ISM plan.")
@@ -42,6 +42,138 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--tasks takes channel indices such as 0,3,5, got {text!r}"
+        ) from None
+
+
+def _bytes(text: str) -> int:
+    """``1000000``, ``512M``, ``2G``."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--memory-budget takes bytes such as 512M or 2G, got {text!r}"
+        ) from None
+
+
+def _ism(args: argparse.Namespace) -> int:
+    from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
+
+    if args.example:
+        args.model = args.model or EXAMPLE_MODEL
+        args.input = args.input or EXAMPLE_FASTA
+        args.out = args.out or "ismkernel-example.h5"
+    missing = [n for n in ("model", "input", "out") if not getattr(args, n)]
+    if missing:
+        raise InputError(
+            "ismkernel ism needs MODEL, INPUT and -o OUT (or --example); missing: "
+            + ", ".join(missing)
+        )
+    job = IsmJob(
+        model=args.model,
+        input=args.input,
+        out=args.out,
+        positions=args.positions,
+        alternatives=args.alternatives,
+        outputs=args.output,
+        reduce=args.reduce,
+        tasks=args.tasks,
+        sum_over=args.sum_over,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        memory_budget=args.memory_budget,
+        center=args.center,
+        n_as=args.n_as,
+        format=args.format,
+        seqs_per_batch=args.seqs_per_batch,
+        resume=args.resume,
+        force=args.force,
+        quiet=args.quiet,
+    )
+    try:
+        summary = run_job(job)
+    except KeyboardInterrupt:
+        if args.format == "hdf5" and os.path.exists(args.out):
+            print(
+                f"ismkernel: interrupted; the sequences finished so far are in "
+                f"{args.out}: rerun with --resume to finish it",
+                file=sys.stderr,
+            )
+            return 130
+        raise
+    if not args.quiet:
+        done = f"{summary['scored']} sequence(s) scored"
+        if summary["skipped"]:
+            done += f", {summary['skipped']} already in the file"
+        print(f"{done}; wrote {summary['out']}", file=sys.stderr)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ismkernel.plot import plot_ism
+
+    out = plot_ism(
+        args.results,
+        args.seq,
+        args.out,
+        output=args.output,
+        task=args.task,
+        region=args.region,
+    )
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
+    from ismkernel.plot import plot_ism
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    h5 = os.path.join(args.out_dir, "ismkernel-demo.h5")
+    png = os.path.join(args.out_dir, "ismkernel-demo.png")
+    print(
+        "ismkernel demo: ISM of a small model trained to spot AP-1 (TGACTCA) and "
+        "GATA (AGATAAG) sites,\non 8 sequences with the motifs planted where "
+        "their names say.",
+        file=sys.stderr,
+    )
+    job = IsmJob(
+        model=EXAMPLE_MODEL,
+        input=EXAMPLE_FASTA,
+        out=h5,
+        reduce="delta",
+        force=True,
+        quiet=args.quiet,
+        backend=args.backend,
+    )
+    summary = run_job(job)
+    print(
+        f"scored {summary['scored']} sequences in {summary['seconds']:.1f} s; "
+        f"wrote {h5}",
+        file=sys.stderr,
+    )
+    try:
+        plot_ism(h5, "ap1@40_gata@130", png)
+    except BackendUnavailableError as err:
+        print(f"no plot: {err}", file=sys.stderr)
+        return 0
+    print(
+        f"wrote {png}: its heatmap and logo show the two planted motifs, at "
+        "positions 40-46 and 130-136",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ismkernel",
@@ -55,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect", help="print a model's layers, shapes, parameters and ISM plan"
     )
-    p.add_argument("model", metavar="MODEL", help="Keras .h5 or .keras file")
+    p.add_argument("model", metavar="MODEL", help="Keras .h5/.keras or ONNX file")
     p.add_argument(
         "--length",
         type=int,
@@ -63,6 +195,134 @@ def build_parser() -> argparse.ArgumentParser:
         help="sequence length to plan for (default: the model's own)",
     )
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser(
+        "ism",
+        help="score every single-base substitution of the sequences in a file",
+        description="ISM of every sequence in INPUT with MODEL, written to OUT as "
+        "it goes. An interrupted run leaves a valid file; --resume finishes it.",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", nargs="?", help="Keras .h5/.keras or ONNX file"
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?",
+        help="FASTA (.fa/.fasta, gzipped or not) or one-hot .npy/.npz",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help="results file (.h5, or .npz with --format npz)",
+    )
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="run on the bundled example model and FASTA",
+    )
+    p.add_argument(
+        "--positions", metavar="START:END", help="positions to mutate (default all)"
+    )
+    p.add_argument(
+        "--alternatives",
+        default="ACGT",
+        metavar="LETTERS",
+        help="bases to put at each position: any of A, C, G, T, and N for an "
+        "all-zero row (default ACGT)",
+    )
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="NAME",
+        help="model output to keep (repeatable; default all)",
+    )
+    p.add_argument(
+        "--reduce",
+        default="delta",
+        choices=["raw", "delta", "log2fc", "mean-centred", "l2"],
+        help="score per mutant (default delta: mutant minus reference)",
+    )
+    p.add_argument(
+        "--tasks", type=_tasks, metavar="I,J,...", help="output channels to keep"
+    )
+    p.add_argument(
+        "--sum-over",
+        metavar="START:END",
+        help="sum a profile output over this range of its length",
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
+    p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
+    p.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        metavar="BYTES",
+        help="e.g. 512M or 2G (default 1G)",
+    )
+    p.add_argument(
+        "--center",
+        action="store_true",
+        help="crop or pad sequences of another length around their centre",
+    )
+    p.add_argument(
+        "--n-as",
+        default="zero",
+        choices=["zero", "uniform"],
+        help="one-hot row of N and other IUPAC codes (default: all zero)",
+    )
+    p.add_argument("--format", default="hdf5", choices=["hdf5", "npz"])
+    p.add_argument(
+        "--seqs-per-batch",
+        type=int,
+        metavar="N",
+        help="sequences scored and written per batch: what an interrupted run "
+        "loses at most (default from the memory budget)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run into OUT"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar or summary"
+    )
+    p.set_defaults(func=_ism)
+
+    p = sub.add_parser(
+        "plot",
+        help="heatmap and reference logo of one sequence's ISM scores",
+    )
+    p.add_argument(
+        "results", metavar="RESULTS", help="an .h5 file written by ismkernel ism"
+    )
+    p.add_argument(
+        "--seq", required=True, metavar="NAME_OR_INDEX", help="which sequence"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="FIG",
+        help="figure file: .png, .svg or .pdf",
+    )
+    p.add_argument(
+        "--output", metavar="NAME", help="model output to plot (default the first)"
+    )
+    p.add_argument(
+        "--task", type=int, metavar="I", help="channel of a multi-task output"
+    )
+    p.add_argument("--region", metavar="START:END", help="positions to show")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser(
+        "demo", help="run ISM on the bundled example and plot it (no files needed)"
+    )
+    p.add_argument(
+        "--out-dir", default=".", metavar="DIR", help="where to write (default .)"
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_demo)
     return parser
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference, resolve_backend
+from ismkernel.errors import InputError
 from ismkernel.inputs import (
     check_alternatives,
     check_dtype,
@@ -17,6 +18,13 @@ from ismkernel.inputs import (
     seq_input_index,
 )
 from ismkernel.model import Model
+from ismkernel.reduce import (
+    REDUCERS,
+    OutputAxes,
+    parse_range,
+    reduce_scores,
+    select_output,
+)
 
 __all__ = ["ism", "IsmResult"]
 
@@ -40,6 +48,9 @@ class IsmResult:
         Name of the mutated input.
     backend : str
         Backend that computed the result.
+    scores : list of ndarray or None
+        Per model output, the reducer ``ism(reduce=...)`` asked for (see
+        :meth:`reduce`).
     stats : dict
         What the run did. The ``cpu`` backend reports ``seconds`` (per node,
         plus the reference pass), ``n_mutants`` computed, ``n_copied``
@@ -56,10 +67,63 @@ class IsmResult:
     seq_input: str = ""
     backend: str = ""
     stats: dict = field(default_factory=dict)
+    axes: list[OutputAxes] = field(default_factory=list)
+    scores: list[np.ndarray] | None = None
 
     def delta(self) -> list[np.ndarray]:
         """Per output, mutant minus reference, ``(n_seqs, n_positions, n_alts, *out_shape)``."""
         return [o - r[:, None, None] for o, r in zip(self.outputs, self.reference)]
+
+    def output_index(self, outputs: Any = None) -> list[int]:
+        """Indices of ``outputs`` (names or indices; None: all)."""
+        if outputs is None:
+            return list(range(len(self.outputs)))
+        if isinstance(outputs, (str, int, np.integer)):
+            outputs = [outputs]
+        picks = []
+        for o in outputs:
+            if isinstance(o, str):
+                if o not in self.output_names:
+                    raise InputError(
+                        f"output {o!r} is not a model output; outputs: "
+                        f"{self.output_names}"
+                    )
+                picks.append(self.output_names.index(o))
+            elif isinstance(o, (int, np.integer)) and 0 <= o < len(self.outputs):
+                picks.append(int(o))
+            else:
+                raise InputError(
+                    f"output {o!r} is neither an output name nor an index below "
+                    f"{len(self.outputs)}"
+                )
+        return picks
+
+    def selected(
+        self, k: int, tasks: Any = None, sum_over: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Output ``k``'s mutants and reference restricted to ``tasks`` and
+        summed over ``sum_over`` (``"START:END"`` of its length axis)."""
+        window = parse_range(sum_over, "sum_over")
+        mut = select_output(self.outputs[k], self.axes[k], 3, tasks, window)
+        ref = select_output(self.reference[k], self.axes[k], 1, tasks, window)
+        return mut, ref
+
+    def reduce(
+        self,
+        kind: str = "delta",
+        *,
+        outputs: Any = None,
+        tasks: Any = None,
+        sum_over: Any = None,
+    ) -> list[np.ndarray]:
+        """Per chosen output, the reducer ``kind`` (``raw``, ``delta``,
+        ``log2fc``, ``mean-centred`` or ``l2``; see :mod:`ismkernel.reduce`)
+        of its channels ``tasks``, summed over ``sum_over`` of its length."""
+        out = []
+        for k in self.output_index(outputs):
+            mut, ref = self.selected(k, tasks, sum_over)
+            out.append(reduce_scores(mut, ref, kind, self.output_names[k]))
+        return out
 
 
 def ism(
@@ -74,6 +138,7 @@ def ism(
     progress: bool = False,
     dtype: str = config.DEFAULT_DTYPE,
     memory_budget: int | None = None,
+    reduce: str | None = None,
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -98,12 +163,16 @@ def ism(
     batch_size : int, optional
         Mutants per forward pass (``reference``) or per chunk (``cpu``);
         default from the memory budget.
-    progress : bool
-        Show a progress bar (tqdm).
+    progress : bool or callable
+        Show a progress bar (tqdm); a callable is called with the number of
+        mutants finished since its last call instead.
     dtype : {"float32", "float64"}
     memory_budget : int, optional
         Bytes the ``cpu`` backend may hold at once for reference activations
         and tiles (default ``config.CPU_MEMORY_BYTES``).
+    reduce : str, optional
+        Also compute ``result.scores`` with this reducer (``raw``, ``delta``,
+        ``log2fc``, ``mean-centred``, ``l2``) on the backend's arrays.
 
     Returns
     -------
@@ -121,11 +190,15 @@ def ism(
     batch = check_positive_int(batch_size, "batch_size")
     memory_budget = check_positive_int(memory_budget, "memory_budget")
 
+    if reduce is not None and reduce not in REDUCERS:
+        raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
     bar = None
-    if progress:
+    update = progress if callable(progress) else None
+    if progress is True:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=seq.shape[0] * len(pos) * len(alts), unit="mutant", desc="ISM")
+        update = bar.update
     stats: dict = {}
     try:
         if name == "cpu":
@@ -139,7 +212,7 @@ def ism(
                 alts,
                 memory_budget=memory_budget,
                 chunk_size=batch,
-                progress=bar.update if bar else None,
+                progress=update,
             )
             stats = dict(
                 seconds=run.seconds,
@@ -154,12 +227,12 @@ def ism(
         else:
             batch = batch or reference.default_batch_size(model.graph, dt)
             ref, outs = reference.naive_ism(
-                model.graph, feeds, index, pos, alts, batch, bar.update if bar else None
+                model.graph, feeds, index, pos, alts, batch, update
             )
     finally:
         if bar is not None:
             bar.close()
-    return IsmResult(
+    result = IsmResult(
         reference=model.from_ir(ref, 1),
         outputs=model.from_ir(outs, 3),
         positions=pos,
@@ -168,4 +241,8 @@ def ism(
         seq_input=specs[index].name,
         backend=name,
         stats=stats,
+        axes=model.output_axes,
     )
+    if reduce is not None:
+        result.scores = result.reduce(reduce)
+    return result

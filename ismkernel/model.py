@@ -12,6 +12,7 @@ from ismkernel.backends import reference
 from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
 from ismkernel.ir import Graph, TensorSpec
+from ismkernel.reduce import OutputAxes
 
 __all__ = ["Model", "load_model"]
 
@@ -84,6 +85,23 @@ class Model:
             TensorSpec(s.name, _model_shape(s.shape, p))
             for s, p in zip(self.graph.output_specs, self.output_perms)
         ]
+
+    @property
+    def output_axes(self) -> list[OutputAxes]:
+        """Per output, which axes (in the model's layout) are length and tasks."""
+        out = []
+        for spec, ir, perm in zip(
+            self.outputs, self.graph.output_specs, self.output_perms
+        ):
+            rank = len(ir.shape)
+            if rank == 2 and 0 in perm and 1 in perm:
+                length, channels = perm.index(0), perm.index(1)
+            elif rank >= 1 and rank - 1 in perm:
+                length, channels = None, perm.index(rank - 1)
+            else:
+                length = channels = None
+            out.append(OutputAxes(spec.name, tuple(spec.shape), length, channels))
+        return out
 
     def feeds(self, x: Any, dtype: np.dtype, name: str = "x") -> list[np.ndarray]:
         """``x`` validated against the model's inputs, as IR-layout arrays."""
