@@ -11,11 +11,15 @@ from ismkernel.errors import (
     UnsupportedLayerError,
 )
 from ismkernel.ism import IsmResult, ism
+from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL
 from ismkernel.model import Model, load_model
+from ismkernel.plot import plot_ism
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXAMPLE_FASTA",
+    "EXAMPLE_MODEL",
     "BackendUnavailableError",
     "InputError",
     "IsmResult",
@@ -28,4 +32,5 @@ __all__ = [
     "__version__",
     "ism",
     "load_model",
+    "plot_ism",
 ]

@@ -48,6 +48,28 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = (root / "README.md").read_text()
     block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
     assert len(block) == 2, "the README opens with the two newcomer commands"
-    assert block[0].endswith("python examples/quickstart.py")
+    assert block[0].endswith("ismkernel demo")  # the first ends by running the example
     ci = (root / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == block[1]
+
+
+def test_example_data_ships_in_the_package_and_is_small():
+    import ismkernel
+
+    for path in (ismkernel.EXAMPLE_MODEL, ismkernel.EXAMPLE_FASTA):
+        assert Path(path).is_file()
+        assert Path(path).stat().st_size < 1_000_000
+    assert Path(ismkernel.__file__).parent in Path(ismkernel.EXAMPLE_MODEL).parents
+
+
+def test_quickstart_finds_the_planted_motifs():
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "[50, 51, 52, 53, 54, 55, 56, 140, 141, 142, 143, 144, 145, 146]" in out.stdout
+    )

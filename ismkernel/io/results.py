@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ismkernel import __version__
 from ismkernel.errors import InputError
 
 __all__ = ["ResultsFile", "OutputLayout", "sha256", "FORMAT"]
@@ -116,6 +115,8 @@ class ResultsFile:
         labels: list[str],
         outputs: list[OutputLayout],
     ) -> ResultsFile:
+        from ismkernel import __version__
+
         f = h5py.File(path, "w", libver="earliest")
         try:
             n = len(names)
@@ -183,7 +184,10 @@ class ResultsFile:
                 raise InputError(
                     f"cannot resume '{path}': its sequences are not those of the input"
                 )
-            for key, value in (("positions", positions), ("alternatives", alternatives)):
+            for key, value in (
+                ("positions", positions),
+                ("alternatives", alternatives),
+            ):
                 have = f[key][:]
                 if have.shape != np.shape(value) or not np.array_equal(have, value):
                     raise InputError(
