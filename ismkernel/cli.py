@@ -72,11 +72,12 @@ def _ism(args: argparse.Namespace) -> int:
         args.model = args.model or EXAMPLE_MODEL
         args.input = args.input or EXAMPLE_FASTA
         args.out = args.out or "ismkernel-example.h5"
-    missing = [n for n in ("model", "input", "out") if not getattr(args, n)]
+    needed = ("model", "out") if args.bed else ("model", "input", "out")
+    missing = [n for n in needed if not getattr(args, n)]
     if missing:
         raise InputError(
-            "ismkernel ism needs MODEL, INPUT and -o OUT (or --example); missing: "
-            + ", ".join(missing)
+            "ismkernel ism needs MODEL, INPUT (or --bed with --genome) and -o OUT "
+            "(or --example); missing: " + ", ".join(missing)
         )
     job = IsmJob(
         model=args.model,
@@ -95,6 +96,10 @@ def _ism(args: argparse.Namespace) -> int:
         n_as=args.n_as,
         format=args.format,
         seqs_per_batch=args.seqs_per_batch,
+        bed=args.bed,
+        genome=args.genome,
+        scheduler=args.scheduler,
+        workers=args.workers,
         resume=args.resume,
         force=args.force,
         quiet=args.quiet,
@@ -116,6 +121,86 @@ def _ism(args: argparse.Namespace) -> int:
             done += f", {summary['skipped']} already in the file"
         print(f"{done}; wrote {summary['out']}", file=sys.stderr)
     return 0
+
+
+def _variants(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ismkernel.distributed import cluster_client
+    from ismkernel.io.genome import read_vcf
+    from ismkernel.io.results import sha256
+    from ismkernel.model import load_model
+    from ismkernel.variants import score_variants, write_h5, write_tsv
+
+    suffix = os.path.splitext(args.out)[1].lower()
+    if suffix not in (".tsv", ".txt", ".h5", ".hdf5"):
+        raise InputError(f"-o {args.out}: write .tsv or .h5")
+    if os.path.exists(args.out) and not args.force:
+        raise InputError(f"'{args.out}' exists; pass --force to overwrite it")
+    model = load_model(args.model)
+    variants = read_vcf(args.vcf)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(variants),
+        unit="variant",
+        desc="variants",
+        disable=True if args.quiet else None,
+    )
+    try:
+        with cluster_client(args.scheduler, args.workers) as client:
+            res = score_variants(
+                model,
+                variants,
+                args.genome,
+                reduce=args.reduce,
+                outputs=args.output,
+                tasks=args.tasks,
+                sum_over=args.sum_over,
+                rc=args.rc,
+                backend=args.backend,
+                batch_size=args.batch_size,
+                memory_budget=args.memory_budget,
+                client=client,
+                progress=bar.update,
+            )
+    finally:
+        bar.close()
+    if suffix in (".h5", ".hdf5"):
+        meta = {
+            "model_file": os.path.basename(args.model),
+            "model_sha256": sha256(args.model),
+            "vcf_file": os.path.basename(args.vcf),
+            "genome_file": os.path.basename(args.genome),
+            "reduce": args.reduce,
+            "rc": bool(args.rc),
+        }
+        write_h5(res, args.out, meta)
+    else:
+        write_tsv(res, args.out)
+    if not args.quiet:
+        print(
+            f"{res.stats['n_scored']} variant(s) scored in {res.stats['n_windows']} "
+            f"window(s), {res.stats['n_skipped']} skipped (reasons in the output), "
+            f"in {time.perf_counter() - start:.1f} s; wrote {args.out}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="send chunks to this Dask distributed scheduler",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start a local Dask cluster of N worker processes",
+    )
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -280,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
         "loses at most (default from the memory budget)",
     )
     p.add_argument(
+        "--bed",
+        metavar="BED",
+        help="score genome regions (with --genome) instead of INPUT",
+    )
+    p.add_argument(
+        "--genome", metavar="FASTA", help="indexed reference genome for --bed"
+    )
+    _dask_options(p)
+    p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run into OUT"
     )
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -287,6 +381,33 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress bar or summary"
     )
     p.set_defaults(func=_ism)
+
+    p = sub.add_parser(
+        "variants",
+        help="score the SNVs of a VCF: reference against alternative allele",
+        description="For each SNV in the VCF, the model's output on the "
+        "model-length genome window centred on it, with the reference allele "
+        "and with the alternative. Variants that cannot be scored are kept, in "
+        "order, with the reason.",
+    )
+    p.add_argument("model", metavar="MODEL", help="Keras .h5/.keras or ONNX file")
+    p.add_argument("--vcf", required=True, help="VCF, plain or gzipped")
+    p.add_argument("--genome", required=True, metavar="FASTA", help="reference genome")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help=".tsv or .h5")
+    p.add_argument("--reduce", default="delta", choices=["raw", "delta", "log2fc"])
+    p.add_argument("--output", action="append", metavar="NAME", help="output to keep")
+    p.add_argument("--tasks", type=_tasks, metavar="I,J,...", help="channels to keep")
+    p.add_argument("--sum-over", metavar="START:END", help="sum a profile over a range")
+    p.add_argument(
+        "--rc", action="store_true", help="average with the reverse complement"
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
+    p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
+    p.add_argument("--memory-budget", type=_bytes, metavar="BYTES")
+    _dask_options(p)
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_variants)
 
     p = sub.add_parser(
         "plot",

@@ -17,7 +17,7 @@ from ismkernel.inputs import (
     check_positive_int,
     seq_input_index,
 )
-from ismkernel.model import Model
+from ismkernel.model import Model, _from_ir
 from ismkernel.reduce import (
     REDUCERS,
     OutputAxes,
@@ -139,6 +139,7 @@ def ism(
     dtype: str = config.DEFAULT_DTYPE,
     memory_budget: int | None = None,
     reduce: str | None = None,
+    client: Any = None,
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -173,6 +174,10 @@ def ism(
     reduce : str, optional
         Also compute ``result.scores`` with this reducer (``raw``, ``delta``,
         ``log2fc``, ``mean-centred``, ``l2``) on the backend's arrays.
+    client : dask.distributed.Client, optional
+        Score chunks of the sequences on the cluster's workers (each gets
+        the model once); results are gathered in order and equal an
+        in-process run's.
 
     Returns
     -------
@@ -192,6 +197,22 @@ def ism(
 
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+    if client is not None:
+        return _ism_on_cluster(
+            client,
+            model,
+            feeds,
+            dict(
+                alternatives=alts,
+                positions=pos,
+                seq_input=index,
+                backend=backend,
+                batch_size=batch,
+                dtype=dtype,
+                memory_budget=memory_budget,
+                reduce=reduce,
+            ),
+        )
     bar = None
     update = progress if callable(progress) else None
     if progress is True:
@@ -245,4 +266,39 @@ def ism(
     )
     if reduce is not None:
         result.scores = result.reduce(reduce)
+    return result
+
+
+def _ism_chunk(model: Model, feeds: list[np.ndarray], kwargs: dict) -> IsmResult:
+    """ISM of IR-layout ``feeds`` on a worker."""
+    xs = [_from_ir(f, p, 1) for f, p in zip(feeds, model.input_perms)]
+    return ism(model, xs, **kwargs)
+
+
+def _ism_on_cluster(client: Any, model: Model, feeds: list, kwargs: dict) -> IsmResult:
+    from ismkernel.distributed import map_ordered
+
+    n = feeds[0].shape[0]
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    size = max(1, -(-n // (4 * n_workers)))
+    chunks = ([f[i : i + size] for f in feeds] for i in range(0, n, size))
+    parts = list(map_ordered(client, _ism_chunk, model, chunks, kwargs))
+    first = parts[0]
+
+    def cat(get):
+        return [np.concatenate(a, axis=0) for a in zip(*(get(p) for p in parts))]
+
+    result = IsmResult(
+        reference=cat(lambda p: p.reference),
+        outputs=cat(lambda p: p.outputs),
+        positions=first.positions,
+        alternatives=first.alternatives,
+        output_names=first.output_names,
+        seq_input=first.seq_input,
+        backend=first.backend,
+        stats={"n_chunks": len(parts), "n_workers": n_workers},
+        axes=first.axes,
+    )
+    if first.scores is not None:
+        result.scores = cat(lambda p: p.scores)
     return result

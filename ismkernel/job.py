@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ismkernel import config
+from ismkernel.distributed import cluster_client
 from ismkernel.errors import InputError
 from ismkernel.inputs import check_positive_int, seq_input_index
 from ismkernel.io.results import OutputLayout, ResultsFile, sha256
@@ -55,7 +57,7 @@ class IsmJob:
     """What ``ismkernel ism`` does; every field maps to an option."""
 
     model: str
-    input: str
+    input: str | None
     out: str
     positions: str | None = None
     alternatives: str = "ACGT"
@@ -74,6 +76,10 @@ class IsmJob:
     force: bool = False
     quiet: bool = False
     dtype: str = config.DEFAULT_DTYPE
+    bed: str | None = None
+    genome: str | None = None
+    scheduler: str | None = None
+    workers: int | None = None
     summary: dict = field(default_factory=dict)
 
 
@@ -103,8 +109,9 @@ def _layouts(model: Model, picks, tasks, window, kind, n_pos, n_alts) -> list:
     return layouts
 
 
-def run_job(job: IsmJob) -> dict:
-    """Run ``job``; returns a summary (sequences scored, skipped, seconds)."""
+def run_job(job: IsmJob, client: Any = None) -> dict:
+    """Run ``job``; returns a summary (sequences scored, skipped, seconds).
+    ``client``: a ``dask.distributed.Client`` to score the batches on."""
     import time
 
     if job.reduce not in REDUCERS:
@@ -132,7 +139,17 @@ def run_job(job: IsmJob) -> dict:
             f"'{job.model}' takes {n_channels} channels per position; sequence files "
             "give 4 (A, C, G, T)"
         )
-    source = open_sequences(job.input, length, job.center, job.n_as)
+    if job.bed is not None:
+        if job.genome is None or job.input is not None:
+            raise InputError("--bed needs --genome and no INPUT file")
+        from ismkernel.io.genome import RegionSource
+
+        source = RegionSource(job.bed, job.genome, length, job.n_as)
+        job.input = job.bed
+    else:
+        if job.input is None:
+            raise InputError("give an INPUT sequence file, or --bed with --genome")
+        source = open_sequences(job.input, length, job.center, job.n_as)
     seq_len = source.length
     window = parse_range(job.positions, "--positions")
     if window is None:
@@ -192,7 +209,17 @@ def run_job(job: IsmJob) -> dict:
 
     if job.format == "npz":
         return _run_npz(
-            job, model, source, positions, alts, labels, picks, sum_window, layouts, spb
+            job,
+            model,
+            source,
+            positions,
+            alts,
+            labels,
+            picks,
+            sum_window,
+            layouts,
+            spb,
+            client,
         )
 
     if os.path.exists(job.out) and not (job.resume or job.force):
@@ -253,12 +280,13 @@ def run_job(job: IsmJob) -> dict:
         bar = _bar(job, len(select) * len(positions) * len(alts))
         done = 0
         try:
-            for idx, x in source.batches(spb, select=select):
-                refs, scores = _score(
-                    job, model, x, positions, alts, picks, sum_window, bar
-                )
-                results.write(idx, x, refs, scores)
-                done += len(idx)
+            with cluster_client(job.scheduler, job.workers, client) as client:
+                batches = source.batches(spb, select=select)
+                for idx, x, (refs, scores) in _scored(
+                    job, model, batches, positions, alts, picks, sum_window, bar, client
+                ):
+                    results.write(idx, x, refs, scores)
+                    done += len(idx)
         finally:
             if bar is not None:
                 bar.close()
@@ -286,29 +314,78 @@ def _bar(job: IsmJob, total: int):
     )
 
 
-def _score(job, model, x, positions, alts, picks, sum_window, bar):
-    inp = _from_ir(x, model.input_perms[0], 1)
+def _score_batch(model, x, settings: dict, progress=False):
+    """References and reduced scores of one batch ``x`` (IR layout): what a
+    worker computes."""
     res = ism(
         model,
-        inp,
+        _from_ir(x, model.input_perms[0], 1),
+        positions=settings["positions"],
+        alternatives=settings["alternatives"],
+        backend=settings["backend"],
+        batch_size=settings["batch_size"],
+        memory_budget=settings["memory_budget"],
+        dtype=settings["dtype"],
+        progress=progress,
+    )
+    refs, scores = [], []
+    for k in settings["picks"]:
+        mut, ref = res.selected(k, settings["tasks"], settings["sum_window"])
+        scores.append(reduce_scores(mut, ref, settings["reduce"], res.output_names[k]))
+        refs.append(ref)
+    return refs, scores
+
+
+def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client=None):
+    """``(idx, x, (refs, scores))`` per batch, in input order: in this process,
+    or on the Dask ``client``'s workers."""
+    settings = dict(
         positions=positions,
         alternatives=alts,
         backend=job.backend,
         batch_size=job.batch_size,
         memory_budget=job.memory_budget,
         dtype=job.dtype,
-        progress=bar.update if bar is not None else False,
+        picks=picks,
+        tasks=job.tasks,
+        sum_window=sum_window,
+        reduce=job.reduce,
     )
-    refs, scores = [], []
-    for k in picks:
-        mut, ref = res.selected(k, job.tasks, sum_window)
-        scores.append(reduce_scores(mut, ref, job.reduce, res.output_names[k]))
-        refs.append(ref)
-    return refs, scores
+    if client is None:
+        update = bar.update if bar is not None else False
+        for idx, x in batches:
+            yield idx, x, _score_batch(model, x, settings, update)
+        return
+    from collections import deque
+
+    from ismkernel.distributed import map_ordered
+
+    sent: deque = deque()
+
+    def chunks():
+        for idx, x in batches:
+            sent.append((idx, x))
+            yield x
+
+    for result in map_ordered(client, _score_batch, model, chunks(), settings):
+        idx, x = sent.popleft()
+        if bar is not None:
+            bar.update(len(idx) * len(positions) * len(alts))
+        yield idx, x, result
 
 
 def _run_npz(
-    job, model, source, positions, alts, labels, picks, sum_window, layouts, spb
+    job,
+    model,
+    source,
+    positions,
+    alts,
+    labels,
+    picks,
+    sum_window,
+    layouts,
+    spb,
+    client=None,
 ):
     """Scores as (n_seqs, 4, seq_len) for TF-MoDISco: one scalar output, every
     position, alternatives A, C, G, T."""
@@ -332,8 +409,21 @@ def _run_npz(
     scores = np.zeros((n, 4, length), dtype=np.float32)
     bar = _bar(job, n * len(positions) * 4)
     try:
-        for idx, x in source.batches(spb):
-            _, sc = _score(job, model, x, positions, alts, picks, sum_window, bar)
+        with cluster_client(job.scheduler, job.workers, client) as client:
+            scored = list(
+                _scored(
+                    job,
+                    model,
+                    source.batches(spb),
+                    positions,
+                    alts,
+                    picks,
+                    sum_window,
+                    bar,
+                    client,
+                )
+            )
+        for idx, x, (_, sc) in scored:
             onehot[idx] = x.transpose(0, 2, 1)
             scores[idx] = sc[0].reshape(len(idx), length, 4).transpose(0, 2, 1)
     finally:

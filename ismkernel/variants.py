@@ -1,0 +1,367 @@
+"""Variant effects: each SNV scored in the model-length genome window centred
+on it, reference allele against alternative allele.
+
+Every variant of a window is one mutation at the window's centre, so a
+window costs one reference pass plus the incremental cost of its mutants; the
+alleles of a multi-allelic record share the window and its reference pass.
+Windows run through :func:`ismkernel.ism` in batches with the four bases as
+alternatives (the reference base is copied, not computed).
+
+A variant that cannot be scored is kept in the output, in its place, with
+the reason: an indel or other non-SNV allele, an allele that is not A, C, G
+or T, REF equal to ALT, a contig the genome lacks, a window running off the
+contig, or a REF that does not match the genome.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ismkernel.errors import InputError
+from ismkernel.io.genome import Genome, Variant, read_vcf, window_for
+from ismkernel.io.sequences import ALPHABET, encode
+from ismkernel.ism import ism
+from ismkernel.model import Model, _from_ir
+from ismkernel.reduce import parse_range, reduce_scores, select_output
+
+__all__ = [
+    "score_variants",
+    "VariantScores",
+    "write_tsv",
+    "write_h5",
+    "VARIANT_REDUCERS",
+]
+
+#: Reducers that make sense for one alternative per variant.
+VARIANT_REDUCERS = ("raw", "delta", "log2fc")
+
+
+@dataclass
+class VariantScores:
+    """Per variant (VCF order, multi-allelic records split): ``status``
+    (``"scored"`` or ``"skipped"``), ``reason``, and per chosen output the
+    reference prediction, the alternative's, and the reducer's score (NaN
+    where skipped)."""
+
+    variants: list[Variant]
+    status: list[str]
+    reason: list[str]
+    output_names: list[str]
+    reference: list[np.ndarray]
+    alternative: list[np.ndarray]
+    scores: list[np.ndarray]
+    reduce: str
+    rc: bool
+    stats: dict = field(default_factory=dict)
+
+
+def _check(v: Variant, genome: Genome, length: int) -> tuple[int, str]:
+    if v.alt in (".", "*") or v.alt.startswith("<") or "[" in v.alt or "]" in v.alt:
+        return 0, f"ALT {v.alt!r} is not a sequence allele (only SNVs are scored)"
+    if len(v.ref) != len(v.alt):
+        return 0, f"indel {v.ref}>{v.alt}: only SNVs are scored"
+    if len(v.ref) != 1:
+        return 0, f"multi-nucleotide variant {v.ref}>{v.alt}: only SNVs are scored"
+    for allele in (v.ref, v.alt):
+        if allele not in ALPHABET:
+            return 0, f"allele {allele!r} is not A, C, G or T"
+    if v.ref == v.alt:
+        return 0, "ALT equals REF"
+    start, reason = window_for(genome, v.chrom, v.pos - 1, length)
+    if reason:
+        return start, reason
+    base = genome.fetch(v.chrom, v.pos - 1, v.pos)
+    if base != v.ref:
+        return start, (
+            f"REF {v.ref} does not match the genome base {base} at {v.chrom}:{v.pos}"
+        )
+    return start, ""
+
+
+def _score_windows(
+    model: Model,
+    x: np.ndarray,
+    center: int,
+    backend: str,
+    batch_size: int | None,
+    memory_budget: int | None,
+    rc: bool,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Reference outputs ``(n, *out)`` and the four base mutants at ``center``
+    ``(n, 4, *out)`` of windows ``x`` (IR layout), per model output; with
+    ``rc``, averaged with the reverse-complement windows."""
+    kw = dict(backend=backend, batch_size=batch_size, memory_budget=memory_budget)
+    eye = np.eye(4, dtype=np.float32)
+    fwd = ism(
+        model,
+        _from_ir(x, model.input_perms[0], 1),
+        positions=[center],
+        alternatives=eye,
+        **kw,
+    )
+    refs = list(fwd.reference)
+    muts = [o[:, 0] for o in fwd.outputs]
+    if rc:
+        x_rc = np.ascontiguousarray(
+            x[:, ::-1, ::-1]
+        )  # ACGT order: complement = reversed
+        length = x.shape[1]
+        back = ism(
+            model,
+            _from_ir(x_rc, model.input_perms[0], 1),
+            positions=[length - 1 - center],
+            alternatives=eye[::-1],  # row b holds the complement of base b
+            **kw,
+        )
+        axes = model.output_axes
+        for k in range(len(refs)):
+            r, m = back.reference[k], back.outputs[k][:, 0]
+            if axes[k].length is not None:  # a profile: flip it back onto the + strand
+                r = np.flip(r, axis=1 + axes[k].length)
+                m = np.flip(m, axis=2 + axes[k].length)
+            refs[k] = (refs[k] + r) / 2
+            muts[k] = (muts[k] + m) / 2
+    return refs, muts
+
+
+def _score_chunk(model, chunk, center, backend, batch_size, memory_budget, rc):
+    return _score_windows(model, chunk, center, backend, batch_size, memory_budget, rc)
+
+
+def score_variants(
+    model: Model,
+    vcf: str | os.PathLike | list[Variant],
+    genome: str | os.PathLike | Genome,
+    *,
+    reduce: str = "delta",
+    outputs: Any = None,
+    tasks: Any = None,
+    sum_over: Any = None,
+    rc: bool = False,
+    backend: str = "auto",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    windows_per_batch: int = 64,
+    client: Any = None,
+    progress: Any = None,
+) -> VariantScores:
+    """Score the SNVs of ``vcf`` with ``model`` in windows of ``genome``.
+
+    ``client``: a ``dask.distributed.Client``; windows go to its workers in
+    batches and come back in order. ``progress``: called with the number of
+    variants finished since its last call.
+    """
+    if reduce not in VARIANT_REDUCERS:
+        raise InputError(
+            f"reduce={reduce!r} for variants: use one of {VARIANT_REDUCERS} (one "
+            "alternative per variant leaves nothing to centre or norm over)"
+        )
+    variants = vcf if isinstance(vcf, list) else read_vcf(vcf)
+    genome = genome if isinstance(genome, Genome) else Genome(genome)
+    specs = model.graph.input_specs
+    if len(specs) != 1 or specs[0].shape[1] != 4 or specs[0].shape[0] is None:
+        raise InputError(
+            "variant scoring needs a model with one (seq_len, 4) input of fixed "
+            f"length; this one takes {[s.shape for s in specs]}"
+        )
+    length = int(specs[0].shape[0])
+    center = length // 2
+
+    status, reason, starts = [], [], []
+    for v in variants:
+        start, why = _check(v, genome, length)
+        status.append("skipped" if why else "scored")
+        reason.append(why)
+        starts.append(start)
+
+    # One window per distinct (contig, position): alleles share it.
+    keys: dict[tuple[str, int], int] = {}
+    for v, st in zip(variants, status):
+        if st == "scored":
+            keys.setdefault((v.chrom, v.pos), len(keys))
+    window_keys = list(keys)
+
+    def batches():
+        for i in range(0, len(window_keys), windows_per_batch):
+            part = window_keys[i : i + windows_per_batch]
+            yield np.stack(
+                [
+                    encode(genome.fetch(c, p - 1 - center, p - 1 - center + length))
+                    for c, p in part
+                ]
+            )
+
+    args = (center, backend, batch_size, memory_budget, rc)
+    if client is not None:
+        from ismkernel.distributed import map_ordered
+
+        results = map_ordered(client, _score_chunk, model, batches(), *args)
+    else:
+        results = (_score_chunk(model, x, *args) for x in batches())
+
+    picks = (
+        list(range(len(model.output_names)))
+        if outputs is None
+        else [
+            _pick(model, o)
+            for o in ([outputs] if isinstance(outputs, (str, int)) else outputs)
+        ]
+    )
+    window = parse_range(sum_over, "sum_over")
+    axes = model.output_axes
+    refs: list[list] = [[] for _ in picks]
+    muts: list[list] = [[] for _ in picks]
+    for r, m in results:
+        for j, k in enumerate(picks):
+            refs[j].append(select_output(r[k], axes[k], 1, tasks, window))
+            muts[j].append(select_output(m[k], axes[k], 2, tasks, window))
+        if progress is not None:
+            progress(len(r[0]))
+
+    n = len(variants)
+    out_ref, out_alt, out_score = [], [], []
+    win_index = np.array(
+        [
+            keys.get((v.chrom, v.pos), -1) if s == "scored" else -1
+            for v, s in zip(variants, status)
+        ]
+    )
+    alt_index = np.array(
+        [
+            ALPHABET.index(v.alt) if s == "scored" else 0
+            for v, s in zip(variants, status)
+        ]
+    )
+    ok = win_index >= 0
+    for j, k in enumerate(picks):
+        shape = select_output(
+            np.zeros((1,) + tuple(axes[k].shape), np.float32), axes[k], 1, tasks, window
+        ).shape[1:]
+        r_all = (
+            np.concatenate(refs[j]) if refs[j] else np.zeros((0,) + shape, np.float32)
+        )
+        m_all = (
+            np.concatenate(muts[j]) if muts[j] else np.zeros((0, 4) + shape, np.float32)
+        )
+        ref = np.full((n,) + shape, np.nan, dtype=np.float32)
+        alt = np.full((n,) + shape, np.nan, dtype=np.float32)
+        ref[ok] = r_all[win_index[ok]]
+        alt[ok] = m_all[win_index[ok], alt_index[ok]]
+        score = np.full((n,) + shape, np.nan, dtype=np.float32)
+        if ok.any():
+            s = reduce_scores(
+                alt[ok][:, None, None], ref[ok], reduce, model.output_names[k]
+            )
+            score[ok] = s[:, 0, 0]
+        out_ref.append(ref)
+        out_alt.append(alt)
+        out_score.append(score)
+    return VariantScores(
+        variants=variants,
+        status=status,
+        reason=reason,
+        output_names=[model.output_names[k] for k in picks],
+        reference=out_ref,
+        alternative=out_alt,
+        scores=out_score,
+        reduce=reduce,
+        rc=rc,
+        stats={
+            "n_windows": len(window_keys),
+            "n_scored": int(ok.sum()),
+            "n_skipped": int((~ok).sum()),
+        },
+    )
+
+
+def _pick(model: Model, o: Any) -> int:
+    names = model.output_names
+    if isinstance(o, str):
+        if o not in names:
+            raise InputError(f"output {o!r} is not a model output; outputs: {names}")
+        return names.index(o)
+    if isinstance(o, (int, np.integer)) and 0 <= o < len(names):
+        return int(o)
+    raise InputError(
+        f"output {o!r} is neither an output name nor an index below {len(names)}"
+    )
+
+
+def _columns(res: VariantScores) -> list[tuple[str, np.ndarray]]:
+    cols = []
+    for name, ref, alt, score in zip(
+        res.output_names, res.reference, res.alternative, res.scores
+    ):
+        flat = [a.reshape(len(a), -1) for a in (ref, alt, score)]
+        width = flat[0].shape[1]
+        for i in range(width):
+            suffix = f"[{i}]" if width > 1 else ""
+            cols.append((f"{name}{suffix}_ref", flat[0][:, i]))
+            cols.append((f"{name}{suffix}_alt", flat[1][:, i]))
+            cols.append((f"{name}{suffix}_{res.reduce}", flat[2][:, i]))
+    return cols
+
+
+def write_tsv(res: VariantScores, path: str) -> None:
+    """One row per variant in VCF order: the VCF's columns, status, reason,
+    then reference, alternative and score per output value."""
+    cols = _columns(res)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        header = ["chrom", "pos", "id", "ref", "alt", "status", "reason"] + [
+            c for c, _ in cols
+        ]
+        f.write("\t".join(header) + "\n")
+        for i, v in enumerate(res.variants):
+            values = ["" if np.isnan(c[i]) else f"{c[i]:.7g}" for _, c in cols]
+            f.write(
+                "\t".join(
+                    [
+                        v.chrom,
+                        str(v.pos),
+                        v.id,
+                        v.ref,
+                        v.alt,
+                        res.status[i],
+                        res.reason[i],
+                    ]
+                    + values
+                )
+                + "\n"
+            )
+    os.replace(tmp, path)
+
+
+def write_h5(res: VariantScores, path: str, meta: dict) -> None:
+    """The same as HDF5: variant columns as datasets, and per output
+    ``reference``, ``alternative`` and ``scores`` arrays."""
+    import h5py
+
+    tmp = path + ".tmp"
+    text = h5py.string_dtype()
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "ismkernel-variants"
+        for key, value in meta.items():
+            f.attrs[key] = "none" if value is None else value
+        v = res.variants
+        f["chrom"] = np.array([x.chrom for x in v], dtype=text)
+        f["pos"] = np.array([x.pos for x in v], dtype=np.int64)
+        f["id"] = np.array([x.id for x in v], dtype=text)
+        f["ref"] = np.array([x.ref for x in v], dtype=text)
+        f["alt"] = np.array([x.alt for x in v], dtype=text)
+        f["status"] = np.array(res.status, dtype=text)
+        f["reason"] = np.array(res.reason, dtype=text)
+        g = f.create_group("outputs")
+        for name, ref, alt, score in zip(
+            res.output_names, res.reference, res.alternative, res.scores
+        ):
+            h = g.create_group(name.replace("/", "|"))
+            h.attrs["name"] = name
+            h["reference"] = ref
+            h["alternative"] = alt
+            h["scores"] = score
+    os.replace(tmp, path)
