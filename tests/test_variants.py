@@ -344,3 +344,30 @@ def test_dask_job_survives_a_killed_worker(tmp_path, cluster):
     np.testing.assert_array_equal(
         a["outputs"]["motif_logit"]["scores"], b["outputs"]["motif_logit"]["scores"]
     )
+
+
+def test_command_line_on_an_existing_scheduler(tmp_path, cluster):
+    """``--scheduler`` sends the batches to a running cluster; the file equals
+    an in-process run's."""
+    address = cluster.scheduler.address
+    common = ["--example", "--positions", "0:30", "--seqs-per-batch", "3", "-q"]
+    for out, extra in (("local.h5", []), ("remote.h5", ["--scheduler", address])):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ismkernel",
+                "ism",
+                "-o",
+                tmp_path / out,
+                *common,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+    a, b = load_results(tmp_path / "local.h5"), load_results(tmp_path / "remote.h5")
+    np.testing.assert_array_equal(
+        a["outputs"]["motif_logit"]["scores"], b["outputs"]["motif_logit"]["scores"]
+    )
