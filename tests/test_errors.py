@@ -351,7 +351,7 @@ def test_bad_seq_input_backend_batch_and_dtype(model):
         ismkernel.ism(model, x, backend="tpu")
     with pytest.raises(
         BackendUnavailableError,
-        match="backend 'cuda' is not implemented in this version",
+        match="backend 'cuda' is not available in this version",
     ):
         ismkernel.ism(model, x, backend="cuda")
     with pytest.raises(

@@ -17,7 +17,11 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         planned = {"cuda"}
         why = (
-            " is not implemented in this version" if name in planned else " is unknown"
+            " is not available in this version: its kernels are written and "
+            "tested under the CUDA simulator, but the executor that runs a plan on "
+            "the device has not been validated on a GPU yet"
+            if name in planned
+            else " is unknown"
         )
         raise BackendUnavailableError(
             f"backend {name!r}{why}; available: {', '.join(BACKENDS + ('auto',))}"

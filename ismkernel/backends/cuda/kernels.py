@@ -1,0 +1,291 @@
+"""Numba-CUDA kernels of the cuda executor: the non-GEMM work of a chunk.
+
+They do on the device what :mod:`ismkernel.backends.cpu.kernels` does on the
+host, with the same arguments and the same results, and accept any array
+with ``__cuda_array_interface__`` (CuPy arrays) on a GPU, or NumPy arrays
+under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which is how CI tests
+them.
+
+Each kernel gives one thread one output element, ``(mutant, row, channel)``
+flattened, so every output is written by exactly one thread: no atomics, and
+results do not depend on the launch shape. Loops over kernel taps and pooling
+windows run in the order the CPU kernels use, so float32 sums round alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+__all__ = [
+    "THREADS",
+    "launch_gather",
+    "launch_col2im_add",
+    "launch_pool_window",
+    "launch_lookup_add",
+    "launch_unchanged",
+    "launch_bias_act_delta",
+    "launch_reduce",
+]
+
+#: Threads per block. Grids are rounded up; the last block is partial.
+THREADS = 128
+
+
+def _grid(n: int) -> tuple[int, int]:
+    return max(1, math.ceil(n / THREADS)), THREADS
+
+
+@cuda.jit
+def _gather(tile, tile_start, ref, seq, start, out, pad):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = out.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    j = (i // n_ch) % width
+    m = i // (n_ch * width)
+    p = start[m] + j
+    t0 = tile_start[m]
+    if t0 <= p < t0 + tile.shape[1]:
+        out[m, j, c] = tile[m, p - t0, c]
+    elif 0 <= p < ref.shape[1]:
+        out[m, j, c] = ref[seq[m], p, c]
+    else:
+        out[m, j, c] = pad
+
+
+def launch_gather(tile, tile_start, ref, seq, start, out, pad=0.0):
+    """``out[m, j]`` = row ``start[m] + j`` of mutant ``m``: from its tile
+    where the tile covers it, else from its sequence's reference, else
+    ``pad``. (With no tile, pass a tile of width 0.)"""
+    blocks, threads = _grid(out.size)
+    _gather[blocks, threads](tile, tile_start, ref, seq, start, out, pad)
+
+
+@cuda.jit
+def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = out.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    o = (i // n_ch) % width
+    m = i // (n_ch * width)
+    n_in = taps.shape[1]
+    acc = out[m, o, c]
+    # The CPU kernel adds, for each input row j in order, every tap k that
+    # lands here; the same (j, k) pairs in the same order.
+    o_abs = o + out_start[m]
+    for j in range(n_in):
+        p = in_start[m] + j
+        for k in range(taps.shape[2]):
+            num = p + left - k * dilation
+            if num >= 0 and num % stride == 0 and num // stride == o_abs:
+                acc += taps[m, j, k, c]
+    out[m, o, c] = acc
+
+
+def launch_col2im_add(out, taps, in_start, out_start, left, stride, dilation):
+    """Add the per-tap products ``taps[m, j, k]`` (input row ``in_start[m] +
+    j`` times tap ``k``) onto the output rows they land on."""
+    blocks, threads = _grid(out.size)
+    _col2im_add[blocks, threads](out, taps, in_start, out_start, left, stride, dilation)
+
+
+@cuda.jit
+def _pool_window(
+    tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
+):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = out.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    j = (i // n_ch) % width
+    m = i // (n_ch * width)
+    first = (out_start[m] + j) * stride - left
+    t0 = tile_start[m]
+    count = 0
+    # Accumulate in ``out`` itself, in its dtype, as the CPU kernel does.
+    for t in range(pool):
+        p = first + t
+        if p < 0 or p >= ref.shape[1]:
+            continue
+        if t0 <= p < t0 + tile.shape[1]:
+            v = tile[m, p - t0, c]
+        else:
+            v = ref[seq[m], p, c]
+        if count == 0:
+            out[m, j, c] = v
+        elif is_max:
+            if v > out[m, j, c]:
+                out[m, j, c] = v
+        else:
+            out[m, j, c] += v
+        count += 1
+    if not is_max:
+        out[m, j, c] /= count
+
+
+def launch_pool_window(
+    tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
+):
+    """Max or average pooling of each mutant's rows onto its output window;
+    rows outside the input never win a maximum and are not counted."""
+    blocks, threads = _grid(out.size)
+    _pool_window[blocks, threads](
+        tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
+    )
+
+
+@cuda.jit
+def _lookup_add(
+    out,
+    ref_out,
+    seq,
+    alt_taps,
+    alt,
+    ref_taps,
+    pair,
+    pos,
+    out_start,
+    left,
+    stride,
+    dilation,
+):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = out.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    o = (i // n_ch) % width
+    m = i // (n_ch * width)
+    acc = ref_out[seq[m], out_start[m] + o, c]
+    for k in range(alt_taps.shape[1]):
+        num = pos[m] + left - k * dilation
+        if num >= 0 and num % stride == 0 and num // stride - out_start[m] == o:
+            acc += alt_taps[alt[m], k, c] - ref_taps[pair[m], k, c]
+    out[m, o, c] = acc
+
+
+def launch_lookup_add(
+    out,
+    ref_out,
+    seq,
+    alt_taps,
+    alt,
+    ref_taps,
+    pair,
+    pos,
+    out_start,
+    left,
+    stride,
+    dilation,
+):
+    """The first convolution of a mutant: its reference output window plus,
+    on each tap's row, the taps of the new row minus those of the old."""
+    blocks, threads = _grid(out.size)
+    _lookup_add[blocks, threads](
+        out,
+        ref_out,
+        seq,
+        alt_taps,
+        alt,
+        ref_taps,
+        pair,
+        pos,
+        out_start,
+        left,
+        stride,
+        dilation,
+    )
+
+
+@cuda.jit
+def _unchanged(tile, tile_start, ref, seq, same):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = tile.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    j = (i // n_ch) % width
+    m = i // (n_ch * width)
+    if tile[m, j, c] != ref[seq[m], tile_start[m] + j, c]:
+        same[m] = 0  # every writer writes 0: no race
+
+
+def launch_unchanged(tile, tile_start, ref, seq, same):
+    """``same[m]`` (int8, set to 1 by the caller) becomes 0 where mutant
+    ``m``'s window differs from the reference anywhere."""
+    blocks, threads = _grid(tile.size)
+    _unchanged[blocks, threads](tile, tile_start, ref, seq, same)
+
+
+@cuda.jit
+def _bias_act_delta(y, bias, ref, seq, start, delta, act):
+    i = cuda.grid(1)
+    n_mut, width, n_ch = y.shape
+    if i >= n_mut * width * n_ch:
+        return
+    c = i % n_ch
+    j = (i // n_ch) % width
+    m = i // (n_ch * width)
+    v = y[m, j, c] + bias[c]
+    if act == 1 and v < 0:
+        v = v - v  # +0 in v's own dtype
+    y[m, j, c] = v
+    delta[m, j, c] = v - ref[seq[m], start[m] + j, c]
+
+
+def launch_bias_act_delta(y, bias, ref, seq, start, delta, relu):
+    """In one pass over a GEMM's output ``y``: add ``bias``, apply ReLU when
+    ``relu``, and write the change from the reference window into
+    ``delta``."""
+    blocks, threads = _grid(y.size)
+    _bias_act_delta[blocks, threads](y, bias, ref, seq, start, delta, 1 if relu else 0)
+
+
+@cuda.jit
+def _reduce(mutant, reference, out, kind):
+    # mutant: (n, P, A, K) flattened outputs; reference: (n, K); out: (n, P, A, K)
+    # or (n, P, 1, K) for l2.
+    i = cuda.grid(1)
+    n, n_pos, n_alt, n_k = mutant.shape
+    if i >= n * n_pos * n_k:
+        return
+    k = i % n_k
+    p = (i // n_k) % n_pos
+    s = i // (n_k * n_pos)
+    r = reference[s, k]
+    # Accumulators start from the first term, so they keep the input dtype.
+    if kind == 0:  # delta
+        for a in range(n_alt):
+            out[s, p, a, k] = mutant[s, p, a, k] - r
+    elif kind == 1:  # mean-centred
+        mean = mutant[s, p, 0, k] - r
+        for a in range(1, n_alt):
+            mean += mutant[s, p, a, k] - r
+        mean /= n_alt
+        for a in range(n_alt):
+            out[s, p, a, k] = (mutant[s, p, a, k] - r) - mean
+    else:  # l2
+        d = mutant[s, p, 0, k] - r
+        total = d * d
+        for a in range(1, n_alt):
+            d = mutant[s, p, a, k] - r
+            total += d * d
+        out[s, p, 0, k] = math.sqrt(total)
+
+
+_KINDS = {"delta": 0, "mean-centred": 1, "l2": 2}
+
+
+def launch_reduce(mutant, reference, out, kind):
+    """The ``delta``, ``mean-centred`` or ``l2`` reducer of ``mutant``
+    ``(n, P, A, K)`` against ``reference`` ``(n, K)`` into ``out``, on the
+    device, before anything is copied to the host."""
+    n, n_pos, _, n_k = mutant.shape
+    blocks, threads = _grid(n * n_pos * n_k)
+    _reduce[blocks, threads](mutant, reference, out, _KINDS[kind])
