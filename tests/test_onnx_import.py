@@ -246,8 +246,8 @@ def test_channels_last_input_found_through_a_transpose(tmp_path):
         ),
         (
             helper.make_node("Clip", ["x", "lo", "hi"], ["y"]),
-            [("lo", np.float32(-2)), ("hi", np.float32(3))],
-            r"\(Clip\).*only \[0, max\]",
+            [("lo", np.float32(3)), ("hi", np.float32(-2))],
+            r"\(Clip\).*the bounds are reversed",
         ),
         (
             helper.make_node("Pad", ["x", "p", "v"], ["y"]),
@@ -366,3 +366,45 @@ def test_identity_dropout_pad_and_global_pools(tmp_path):
     ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
     cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS)
     assert_same_ism(ref, cpu, "hand-built")
+
+
+def test_dead_nodes_are_not_converted(tmp_path):
+    """A node no output needs (here an op ismkernel does not know) is
+    ignored, as PyTorch's unused second outputs are."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("ArgMax", ["x"], ["unused"], axis=2),
+    ]
+    model = ismkernel.load_model(_save(tmp_path, nodes))
+    x = np.random.default_rng(0).normal(size=(2, 4, 16)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x)[0], np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("lo,hi", [(-0.5, 0.7), (None, 2.0), (-1.5, None)])
+def test_clip_to_any_range(tmp_path, lo, hi):
+    inputs = ["x", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    inits = [(n, np.float32(v)) for n, v in (("lo", lo), ("hi", hi)) if v is not None]
+    path = _save(tmp_path, [helper.make_node("Clip", inputs, ["y"])], inits)
+    x = np.random.default_rng(1).normal(size=(2, 4, 16)).astype(np.float32)
+    (y,) = ismkernel.load_model(path).predict(x)
+    np.testing.assert_array_equal(y, np.clip(x, lo, hi))
+
+
+@pytest.mark.parametrize("op", ["ReduceLogSumExp", "ReduceMean", "ReduceMax"])
+def test_reductions_over_features(tmp_path, op):
+    """(batch, features) reductions, as ChromBPNet's logsumexp of its two
+    count heads is."""
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node(op, ["f", "a"], ["y"], keepdims=1),
+    ]
+    path = _save(tmp_path, nodes, [("a", np.array([-1]))], in_shape=(None, 4, 3))
+    x = np.random.default_rng(2).normal(size=(5, 4, 3)).astype(np.float32)
+    (y,) = ismkernel.load_model(path).predict(x)
+    f = x.reshape(5, -1).astype(np.float64)
+    want = {
+        "ReduceLogSumExp": np.log(np.exp(f).sum(1, keepdims=True)),
+        "ReduceMean": f.mean(1, keepdims=True),
+        "ReduceMax": f.max(1, keepdims=True),
+    }[op]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)

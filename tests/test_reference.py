@@ -129,6 +129,7 @@ def _scalar(fn, v, **kw):
         "abs": abs(v),
         "reciprocal": 1 / v if v else math.inf,
         "sqrt": math.sqrt(v) if v >= 0 else math.nan,
+        "clip": min(max(v, kw.get("threshold", 0)), kw.get("max_value", 1)),
     }[fn]
 
 
@@ -163,6 +164,7 @@ ACTS = [
     ("abs", {}),
     ("reciprocal", {}),
     ("sqrt", {}),
+    ("clip", {"threshold": -0.5, "max_value": 2.0}),
 ]
 
 

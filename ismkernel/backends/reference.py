@@ -100,6 +100,8 @@ def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
         return np.abs(x)
     if fn == "sqrt":
         return np.sqrt(x)
+    if fn == "clip":
+        return np.clip(x, t(op.threshold), t(op.max_value))
     if fn == "reciprocal":
         return x.dtype.type(1) / x
     if fn in ("hard_sigmoid", "hard_silu"):
@@ -283,6 +285,11 @@ def _flatten(node: Node, xs: list[np.ndarray]) -> np.ndarray:
 
 def _global_pool(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.GlobalPool1D = node.op
+    if op.mode == "logsumexp":
+        axis = op.axis + 1
+        top = np.max(xs[0], axis=axis, keepdims=True)
+        total = np.log(np.sum(np.exp(xs[0] - top), axis=axis, keepdims=True)) + top
+        return total if op.keepdims else np.squeeze(total, axis=axis)
     reduce = {"max": np.max, "average": np.mean, "sum": np.sum}[op.mode]
     return reduce(xs[0], axis=op.axis + 1, keepdims=op.keepdims)
 

@@ -251,10 +251,13 @@ class _Importer:
             if inp.name in init_names:
                 continue
             self._add_input(inp)
+        live = _live_nodes(g)
         for self.node_index, self.node in enumerate(g.node):
-            self._check_known()  # the root cause first, before any other error
+            if self.node_index in live:
+                self._check_known()  # the root cause first, before any other error
         for self.node_index, self.node in enumerate(g.node):
-            self._convert()
+            if self.node_index in live:
+                self._convert()
         self.node = None
         for out in g.output:
             if out.name not in self.values:
@@ -363,6 +366,24 @@ class _Importer:
         xs = [self.consts[i] if i else None for i in inputs]
         out = _FOLD[n.op_type](self, xs, _attrs(n))
         self.consts[n.output[0]] = np.asarray(out)
+
+
+def _live_nodes(graph) -> set[int]:
+    """Indices of the nodes the graph outputs depend on; the others (an
+    unused second output's computation, say) are never converted."""
+    producer = {}
+    for i, n in enumerate(graph.node):
+        for o in n.output:
+            producer[o] = i
+    live: set[int] = set()
+    stack = [producer[o.name] for o in graph.output if o.name in producer]
+    while stack:
+        i = stack.pop()
+        if i in live:
+            continue
+        live.add(i)
+        stack.extend(producer[v] for v in graph.node[i].input if v in producer)
+    return live
 
 
 def _opset(model) -> int:
@@ -672,9 +693,14 @@ def _clip(imp, inputs, attrs):
         return imp.add(ops.Activation("relu", max_value=hi), [x], x.perm)
     if lo == -1 and hi == 1:
         return imp.add(ops.Activation("hard_tanh"), [x], x.perm)
-    raise imp.unsupported(
-        f"Clip to [{lo}, {hi}]: only [0, max] (ReLU, ReLU6) and [-1, 1] are supported"
+    if lo is not None and hi is not None and lo > hi:
+        raise imp.unsupported(f"Clip to [{lo}, {hi}]: the bounds are reversed")
+    op = ops.Activation(
+        "clip",
+        threshold=-math.inf if lo is None else lo,
+        max_value=math.inf if hi is None else hi,
     )
+    return imp.add(op, [x], x.perm)
 
 
 @_handles("Pow")
@@ -1142,7 +1168,7 @@ def _matmul(imp: _Importer, inputs, attrs):
     )
 
 
-@_handles("ReduceMean", "ReduceSum", "ReduceMax")
+@_handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceLogSumExp")
 def _reduce(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
     rank = len(x.perm)
@@ -1153,10 +1179,20 @@ def _reduce(imp: _Importer, inputs, attrs):
         raise imp.unsupported("reducing over all axes (the batch too) is not supported")
     per = sorted({imp.sample_axis(a, rank) for a in axes})
     keep = bool(attrs.get("keepdims", 1))
-    mode = {"ReduceMean": "average", "ReduceSum": "sum", "ReduceMax": "max"}[
-        imp.node.op_type
-    ]
+    mode = {
+        "ReduceMean": "average",
+        "ReduceSum": "sum",
+        "ReduceMax": "max",
+        "ReduceLogSumExp": "logsumexp",
+    }[imp.node.op_type]
     shape = imp.onnx_shape(x)
+    if rank == 1 and per == [0] and len(x.real) == 1 and shape[0] != 1:
+        # Over the features of a (batch, features) tensor: as the length of a
+        # one-channel sequence.
+        n = shape[0]
+        column = imp.add(ops.Reshape((n, 1)), [x], (), suffix="/column")
+        op = ops.GlobalPool1D(mode, axis=0, keepdims=False)
+        return imp.add(op, [column], (0,) if keep else ())
     # Reducing an axis of size 1 changes no value.
     real = [i for i in per if shape[i] != 1]
     out = x

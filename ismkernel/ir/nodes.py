@@ -69,6 +69,7 @@ ACTIVATIONS = (
     "abs",
     "reciprocal",
     "sqrt",
+    "clip",
 )
 
 MERGE_MODES = (
@@ -182,8 +183,9 @@ class Activation(Op):
     ``negative_slope * relu(threshold - x)``. ``alpha`` is the ELU and CELU
     scale, the slope of ``hard_sigmoid``/``hard_silu`` (Keras 2: 0.2, Keras 3:
     1/6) and ``b`` of ``squareplus``; ``threshold`` is also that of
-    ``hard_shrink`` and ``soft_shrink``. ``approximate`` selects the tanh form
-    of ``gelu``.
+    ``hard_shrink`` and ``soft_shrink``. ``clip`` keeps values in
+    ``[threshold, max_value]``. ``approximate`` selects the tanh form of
+    ``gelu``.
     """
 
     fn: str
@@ -275,9 +277,10 @@ class Dense(Op):
 
 @dataclass(frozen=True)
 class GlobalPool1D(Op):
-    """Mean, max or sum over the length ``axis`` (0 for channels-last inputs)."""
+    """Mean, max, sum or log-sum-exp over the length ``axis`` (0 for
+    channels-last inputs)."""
 
-    mode: str  # "max", "average" or "sum"
+    mode: str  # "max", "average", "sum" or "logsumexp"
     axis: int = 0
     keepdims: bool = False
 

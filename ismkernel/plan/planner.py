@@ -381,7 +381,10 @@ def build_plan(
             else:
                 kind, strategy = "full", "dense"
         elif (
-            isinstance(op, ops.GlobalPool1D) and op.axis == 0 and len(in_shapes[0]) == 2
+            isinstance(op, ops.GlobalPool1D)
+            and op.axis == 0
+            and len(in_shapes[0]) == 2
+            and op.mode != "logsumexp"
         ):
             kind, strategy = (
                 "full",
