@@ -137,6 +137,11 @@ class _Importer:
         value = self.values.get(name)
         if isinstance(value, _Value):
             return value
+        if isinstance(value, _Stack):
+            raise self.unsupported(
+                f"input '{name}' stacks tensors along a new leading axis "
+                "(torch.stack); only a reduction over that axis is supported"
+            )
         if value is not None:
             raise self.unsupported(f"input '{name}' is a comparison, not a tensor")
         if name in self.consts:
@@ -854,6 +859,13 @@ def _align(imp: _Importer, v: _Value, like: _Value) -> _Value:
 
 @_handles("Concat")
 def _concat(imp: _Importer, inputs, attrs):
+    stacks = [imp.values.get(i) for i in inputs]
+    if all(isinstance(s, _Stack) for s in stacks) and int(attrs["axis"]) == 0:
+        members = tuple(v for s in stacks for v in s.values)
+        shapes = {imp.onnx_shape(v) for v in members}
+        if len(shapes) != 1 or len({v.perm for v in members}) != 1:
+            raise imp.unsupported("it stacks tensors of different shapes or layouts")
+        return _Stack(members)
     xs = [imp.tensor(i) for i in inputs]
     rank = len(xs[0].perm)
     if any(len(v.perm) != rank for v in xs):
@@ -1086,11 +1098,22 @@ def _axes(imp: _Importer, inputs, attrs, position: int = 1) -> list[int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Stack:
+    """Tensors stacked along a new leading axis, before the batch
+    (``torch.stack([a, b])``); only a reduction over that axis may read it,
+    and it becomes an element-wise combination of the tensors."""
+
+    values: tuple[_Value, ...]
+
+
 @_handles("Squeeze", "Unsqueeze")
 def _squeeze(imp: _Importer, inputs, attrs):
+    axes = _axes(imp, inputs, attrs)
+    if imp.node.op_type == "Unsqueeze" and axes == [0]:
+        return _Stack((imp.tensor(inputs[0]),))
     x = imp.tensor(inputs[0])
     src = list(imp.onnx_shape(x))
-    axes = _axes(imp, inputs, attrs)
     if imp.node.op_type == "Squeeze":
         rank = len(src)
         if axes is None:
@@ -1170,6 +1193,9 @@ def _matmul(imp: _Importer, inputs, attrs):
 
 @_handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceLogSumExp")
 def _reduce(imp: _Importer, inputs, attrs):
+    stack = imp.values.get(inputs[0])
+    if isinstance(stack, _Stack):
+        return _reduce_stack(imp, stack, inputs, attrs)
     x = imp.tensor(inputs[0])
     rank = len(x.perm)
     axes = _axes(imp, inputs, attrs)
@@ -1222,6 +1248,36 @@ def _reduce(imp: _Importer, inputs, attrs):
         return out
     target = tuple(d for i, d in enumerate(imp.onnx_shape(out)) if i not in per)
     return _reshape_to(imp, out, target)
+
+
+def _reduce_stack(imp: _Importer, stack: _Stack, inputs, attrs):
+    axes = _axes(imp, inputs, attrs)
+    if axes != [0] or attrs.get("keepdims", 1):
+        raise imp.unsupported(
+            "a stack of tensors (torch.stack) is supported only when reduced over "
+            "its new axis 0 without keepdims"
+        )
+    xs = list(stack.values)
+    perm = xs[0].perm
+    if len(xs) == 1:
+        return xs[0]
+    kind = imp.node.op_type
+    if kind in ("ReduceSum", "ReduceMean", "ReduceMax"):
+        mode = {"ReduceSum": "add", "ReduceMean": "average", "ReduceMax": "maximum"}[
+            kind
+        ]
+        return imp.add(ops.Merge(mode), xs, perm)
+    # log-sum-exp as torch computes it: max + log(sum(exp(x - max)))
+    top = imp.add(ops.Merge("maximum"), xs, perm, suffix="/max")
+    terms = []
+    for i, x in enumerate(xs):
+        d = imp.add(ops.Merge("subtract"), [x, top], perm, suffix=f"/shift{i}")
+        terms.append(
+            imp.add(ops.Activation("exponential"), [d], perm, suffix=f"/exp{i}")
+        )
+    total = imp.add(ops.Merge("add"), terms, perm, suffix="/sum")
+    log = imp.add(ops.Activation("log"), [total], perm, suffix="/log")
+    return imp.add(ops.Merge("add"), [log, top], perm)
 
 
 @_handles("GlobalAveragePool", "GlobalMaxPool")
