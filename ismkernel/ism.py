@@ -140,6 +140,7 @@ def ism(
     memory_budget: int | None = None,
     reduce: str | None = None,
     client: Any = None,
+    output_rows: dict | None = None,
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -174,6 +175,12 @@ def ism(
     reduce : str, optional
         Also compute ``result.scores`` with this reducer (``raw``, ``delta``,
         ``log2fc``, ``mean-centred``, ``l2``) on the backend's arrays.
+    output_rows : dict, optional
+        ``{output name or index: (start, end)}``: only these rows of a profile
+        output (its length axis) are wanted, e.g. the range a score sums
+        over; ``(0, 0)`` for an output not wanted at all. The planner then
+        skips the rest, and the mutants' values there are NaN (the
+        references stay complete).
     client : dask.distributed.Client, optional
         Score chunks of the sequences on the cluster's workers (each gets
         the model once); results are gathered in order and equal an
@@ -197,6 +204,7 @@ def ism(
 
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+    rows = _output_rows(model, output_rows)
     if client is not None:
         return _ism_on_cluster(
             client,
@@ -211,6 +219,7 @@ def ism(
                 dtype=dtype,
                 memory_budget=memory_budget,
                 reduce=reduce,
+                output_rows=output_rows,
             ),
         )
     bar = None
@@ -234,6 +243,7 @@ def ism(
                 memory_budget=memory_budget,
                 chunk_size=batch,
                 progress=update,
+                output_rows={model.graph.outputs[k]: r for k, r in rows.items()},
             )
             stats = dict(
                 seconds=run.seconds,
@@ -253,6 +263,10 @@ def ism(
     finally:
         if bar is not None:
             bar.close()
+    for k, (start, end) in rows.items():  # rows not computed are NaN, never stale
+        outs[k] = outs[k].copy() if outs[k].base is not None else outs[k]
+        outs[k][:, :, :, :start] = np.nan
+        outs[k][:, :, :, end:] = np.nan
     result = IsmResult(
         reference=model.from_ir(ref, 1),
         outputs=model.from_ir(outs, 3),
@@ -302,3 +316,44 @@ def _ism_on_cluster(client: Any, model: Model, feeds: list, kwargs: dict) -> Ism
     if first.scores is not None:
         result.scores = cat(lambda p: p.scores)
     return result
+
+
+def _output_rows(model: Model, output_rows: dict | None) -> dict[int, tuple[int, int]]:
+    """``output_rows`` by output index, checked against the IR shapes."""
+    if not output_rows:
+        return {}
+    names = model.output_names
+    out: dict[int, tuple[int, int]] = {}
+    for key, value in output_rows.items():
+        if isinstance(key, str):
+            if key not in names:
+                raise InputError(
+                    f"output_rows names {key!r}, which is not a model output; "
+                    f"outputs: {names}"
+                )
+            k = names.index(key)
+        elif isinstance(key, (int, np.integer)) and 0 <= key < len(names):
+            k = int(key)
+        else:
+            raise InputError(f"output_rows key {key!r} is not an output name or index")
+        shape = model.graph.output_specs[k].shape
+        if len(shape) != 2:
+            raise InputError(
+                f"output_rows: output {names[k]!r} of shape {shape} has no length axis"
+            )
+        start, end = (
+            parse_range(tuple(value), "output_rows") if value != (0, 0) else (0, 0)
+        )
+        end = shape[0] if end is None else end
+        if end > shape[0]:
+            raise InputError(
+                f"output_rows {value} is out of range for output {names[k]!r} of "
+                f"length {shape[0]}"
+            )
+        out[k] = (int(start), int(end))
+    node_of = model.graph.outputs
+    for k in list(out):  # outputs that are one node share one range: the hull
+        same = [j for j in out if node_of[j] == node_of[k]]
+        if len(same) > 1 or node_of.count(node_of[k]) > len(same):
+            out[k] = (0, model.graph.output_specs[k].shape[0])
+    return out

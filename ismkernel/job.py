@@ -173,8 +173,10 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
                     f"--output {o!r} is not a model output; outputs: {names}"
                 )
             picks.append(names.index(o))
-    else:
-        picks = list(range(len(names)))
+        # Only the kept outputs are computed: drop what nothing else needs.
+        model = model.select_outputs([names[k] for k in picks])
+        names = model.output_names
+    picks = list(range(len(names)))
     sum_window = parse_range(job.sum_over, "--sum-over")
     layouts = _layouts(
         model, picks, job.tasks, sum_window, job.reduce, len(positions), len(alts)
@@ -327,6 +329,7 @@ def _score_batch(model, x, settings: dict, progress=False):
         memory_budget=settings["memory_budget"],
         dtype=settings["dtype"],
         progress=progress,
+        output_rows=settings["output_rows"],
     )
     refs, scores = [], []
     for k in settings["picks"]:
@@ -334,6 +337,19 @@ def _score_batch(model, x, settings: dict, progress=False):
         scores.append(reduce_scores(mut, ref, settings["reduce"], res.output_names[k]))
         refs.append(ref)
     return refs, scores
+
+
+def _wanted_rows(model, picks, sum_window) -> dict[int, tuple[int, int]]:
+    """Rows of profile outputs the scores read: with --sum-over, the summed
+    range. The planner skips the rest."""
+    rows = {}
+    for k, spec in enumerate(model.graph.output_specs):
+        if len(spec.shape) != 2 or k not in picks:
+            continue
+        if sum_window is not None:
+            end = spec.shape[0] if sum_window[1] is None else sum_window[1]
+            rows[k] = (sum_window[0], end)
+    return rows
 
 
 def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client=None):
@@ -350,6 +366,7 @@ def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client
         tasks=job.tasks,
         sum_window=sum_window,
         reduce=job.reduce,
+        output_rows=_wanted_rows(model, picks, sum_window),
     )
     if client is None:
         update = bar.update if bar is not None else False

@@ -9,6 +9,7 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference
+from ismkernel.errors import InputError
 from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
 from ismkernel.ir import Graph, TensorSpec
@@ -102,6 +103,33 @@ class Model:
                 length = channels = None
             out.append(OutputAxes(spec.name, tuple(spec.shape), length, channels))
         return out
+
+    def select_outputs(self, outputs: list[str]) -> Model:
+        """The same model with only ``outputs`` (names, in that order): nodes
+        no kept output needs are dropped, so nothing computes them."""
+        names = self.output_names
+        missing = [o for o in outputs if o not in names]
+        if missing or not outputs:
+            raise InputError(
+                f"outputs {missing or outputs} are not model outputs; outputs: {names}"
+            )
+        picks = [names.index(o) for o in outputs]
+        g = self.graph
+        graph = Graph(
+            nodes=dict(g.nodes),
+            inputs=list(g.inputs),
+            outputs=[g.outputs[k] for k in picks],
+            output_names=[g.output_names[k] for k in picks],
+        ).finalize()
+        return Model(
+            graph,
+            self.path,
+            self.format,
+            self.keras_version,
+            producer=self.producer,
+            input_perms=self.input_perms,
+            output_perms=[self.output_perms[k] for k in picks],
+        )
 
     def feeds(self, x: Any, dtype: np.dtype, name: str = "x") -> list[np.ndarray]:
         """``x`` validated against the model's inputs, as IR-layout arrays."""

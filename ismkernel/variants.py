@@ -195,6 +195,14 @@ def score_variants(
                 ]
             )
 
+    if outputs is not None:
+        # Only the kept outputs are computed.
+        chosen = [outputs] if isinstance(outputs, (str, int)) else list(outputs)
+        model = model.select_outputs(
+            [model.output_names[_pick(model, o)] for o in chosen]
+        )
+    picks = list(range(len(model.output_names)))
+
     args = (center, backend, batch_size, memory_budget, rc)
     if client is not None:
         from ismkernel.distributed import map_ordered
@@ -203,14 +211,6 @@ def score_variants(
     else:
         results = (_score_chunk(model, x, *args) for x in batches())
 
-    picks = (
-        list(range(len(model.output_names)))
-        if outputs is None
-        else [
-            _pick(model, o)
-            for o in ([outputs] if isinstance(outputs, (str, int)) else outputs)
-        ]
-    )
     window = parse_range(sum_over, "sum_over")
     axes = model.output_axes
     refs: list[list] = [[] for _ in picks]

@@ -121,3 +121,16 @@ def test_float64_and_progress(bpnet, capsys):
 def test_empty_positions(bpnet):
     result = ismkernel.ism(bpnet, _onehot(2, 40), positions=[])
     assert result.outputs[0].shape == (2, 0, 4, 24, 2)
+
+
+def test_select_outputs_drops_what_only_other_outputs_need():
+    from conftest import ONNX_FIXTURES
+
+    model = ismkernel.load_model(ONNX_FIXTURES / "bpnet.onnx")
+    counts = model.select_outputs(["view"])
+    assert counts.output_names == ["view"]
+    assert len(counts.graph.nodes) < len(model.graph.nodes)
+    x = np.load(ONNX_FIXTURES / "bpnet.npz")["x_onehot_0"]
+    np.testing.assert_array_equal(counts.predict(x)[0], model.predict(x)[1])
+    with pytest.raises(ismkernel.InputError, match="not model outputs"):
+        model.select_outputs(["nope"])

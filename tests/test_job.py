@@ -340,3 +340,40 @@ def test_onnx_model_from_the_command_line(tmp_path):
     np.testing.assert_allclose(
         res["outputs"]["view"]["scores"], api, rtol=1e-5, atol=1e-6
     )
+
+
+def test_sum_over_computes_only_the_summed_rows_and_matches_the_api(tmp_path):
+    from conftest import ONNX_FIXTURES
+
+    rng = np.random.default_rng(1)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(
+        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 64))}\n" for i in range(2))
+    )
+    out = tmp_path / "o.h5"
+    model_file = ONNX_FIXTURES / "bpnet.onnx"
+    _cli(
+        "ism",
+        model_file,
+        fasta,
+        "-o",
+        out,
+        "--output",
+        "slice_1",
+        "--tasks",
+        "1",
+        "--sum-over",
+        "10:30",
+        "--reduce",
+        "delta",
+        "-q",
+    )
+    res = load_results(out)
+    model = ismkernel.load_model(model_file)
+    x = res["onehot"].transpose(0, 2, 1)
+    (want,) = ismkernel.ism(model, x).reduce(
+        "delta", outputs="slice_1", tasks=[1], sum_over="10:30"
+    )
+    got = res["outputs"]["slice_1"]["scores"]
+    assert got.shape == want.shape == (2, 64, 4, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import fixture_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -226,3 +227,27 @@ def test_inspect_length_a_flatten_cannot_take(capsys):
         main(["inspect", str(fixture_path("basset_mini.k2.h5")), "--length", "60"]) == 2
     )
     assert "layer 'dense_9' (Dense)" in capsys.readouterr().err
+
+
+def test_output_rows_shrink_the_plan_and_leave_nan_outside():
+    """A summed range of a profile output: the planner computes only what
+    those rows need, the values there equal a full run's, the rest is NaN."""
+    from conftest import ONNX_FIXTURES
+
+    import ismkernel
+
+    model = ismkernel.load_model(ONNX_FIXTURES / "bpnet.onnx")
+    x = np.load(ONNX_FIXTURES / "bpnet.npz")["x_onehot_0"][:2]
+    full = ismkernel.ism(model, x, batch_size=50)
+    part = ismkernel.ism(model, x, batch_size=50, output_rows={"slice_1": (20, 30)})
+    assert part.stats["flops_plan"] < full.stats["flops_plan"]
+    # Output 0 is (2, 48) in PyTorch's layout: length is its last axis.
+    np.testing.assert_allclose(
+        part.outputs[0][..., 20:30], full.outputs[0][..., 20:30], rtol=1e-5, atol=1e-6
+    )
+    assert np.isnan(part.outputs[0][..., :20]).all()
+    assert np.isnan(part.outputs[0][..., 30:]).all()
+    # 'view' is (1,): not a profile, so (0, 0) is refused.
+    with pytest.raises(Exception, match="has no length axis"):
+        ismkernel.ism(model, x, output_rows={"view": (0, 0)})
+    np.testing.assert_array_equal(part.reference[0], full.reference[0])

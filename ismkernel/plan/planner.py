@@ -329,6 +329,7 @@ def build_plan(
     input_shapes: dict[str, tuple],
     positions: np.ndarray,
     itemsize: int = 4,
+    output_rows: dict[str, tuple[int, int]] | None = None,
 ) -> Plan:
     """Plan ISM of ``graph`` mutating input ``seq_input`` at ``positions``.
 
@@ -343,6 +344,10 @@ def build_plan(
         Mutated rows of ``seq_input``.
     itemsize : int
         Bytes per value of the computation dtype.
+    output_rows : dict of str to (start, end), optional
+        Rows of (length, channels) output nodes that are wanted; the rest of
+        such an output is neither computed nor read (a summed range of a
+        profile, or ``(0, 0)`` for an output nobody reads).
     """
     shapes = concrete_shapes(graph, input_shapes)
     seq_len = shapes[seq_input][0]
@@ -411,7 +416,9 @@ def build_plan(
         if kinds[name] not in ("row", "tile"):
             continue
         length = shapes[name][0]
-        need = (0, length) if name in outputs else EMPTY
+        need = EMPTY
+        if name in outputs:
+            need = (output_rows or {}).get(name, (0, length))
         for c in consumers[name]:
             cp = plans[c]
             if cp.kind in ("full", "virtual"):

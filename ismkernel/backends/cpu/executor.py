@@ -505,6 +505,7 @@ def cpu_ism(
     memory_budget: int | None = None,
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    output_rows: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], CpuRun]:
     """Incremental ISM on the CPU; same arguments and results as
     :func:`ismkernel.backends.reference.naive_ism`, plus a :class:`CpuRun`.
@@ -528,6 +529,7 @@ def cpu_ism(
         {name: f.shape[1:] for name, f in zip(graph.inputs, feeds)},
         positions,
         itemsize=dtype.itemsize,
+        output_rows=output_rows,
     )
     prep = _Prepared(plan, alternatives, dtype)
     budget = _budget(memory_budget)
