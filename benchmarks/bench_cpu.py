@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402
 import peers  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 import ismkernel  # noqa: E402
 
@@ -162,14 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    machine = dict(
-        host=platform.node(),
-        cpu=platform.processor() or platform.machine(),
-        cores=os.cpu_count(),
-        python=platform.python_version(),
-        numpy=np.__version__,
-        ismkernel=ismkernel.__version__,
-    )
+    machine = machine_info()
     rate = sgemm_rate()
     result = dict(kind="cpu", machine=machine, sgemm_flops_per_second=rate, models=[])
     print(f"float32 GEMM (NumPy BLAS): {rate / 1e9:.1f} GFLOP/s", flush=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_info  # noqa: E402
 
 import ismkernel  # noqa: E402
 from ismkernel.io.genome import Genome, read_vcf  # noqa: E402
@@ -149,14 +150,7 @@ def main(argv=None) -> int:
 
     result = dict(
         kind="variants",
-        machine=dict(
-            host=platform.node(),
-            cpu=platform.processor() or platform.machine(),
-            cores=os.cpu_count(),
-            python=platform.python_version(),
-            numpy=np.__version__,
-            ismkernel=ismkernel.__version__,
-        ),
+        machine=machine_info(),
         model="basset-1000",
         seq_len=seq_len,
         n_variants=len(variants),

@@ -37,15 +37,19 @@ def _grid(n: int) -> tuple[int, int]:
     return max(1, math.ceil(n / THREADS)), THREADS
 
 
+@cuda.jit(device=True)
+def _element(i, width, n_ch):
+    """(mutant, row, channel) of flat thread index ``i``."""
+    return i // (n_ch * width), (i // n_ch) % width, i % n_ch
+
+
 @cuda.jit
 def _gather(tile, tile_start, ref, seq, start, out, pad):
     i = cuda.grid(1)
     n_mut, width, n_ch = out.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    j = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, j, c = _element(i, width, n_ch)
     p = start[m] + j
     t0 = tile_start[m]
     if t0 <= p < t0 + tile.shape[1]:
@@ -70,9 +74,7 @@ def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
     n_mut, width, n_ch = out.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    o = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, o, c = _element(i, width, n_ch)
     n_in = taps.shape[1]
     acc = out[m, o, c]
     # The CPU kernel adds, for each input row j in order, every tap k that
@@ -102,9 +104,7 @@ def _pool_window(
     n_mut, width, n_ch = out.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    j = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, j, c = _element(i, width, n_ch)
     first = (out_start[m] + j) * stride - left
     t0 = tile_start[m]
     count = 0
@@ -159,9 +159,7 @@ def _lookup_add(
     n_mut, width, n_ch = out.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    o = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, o, c = _element(i, width, n_ch)
     acc = ref_out[seq[m], out_start[m] + o, c]
     for k in range(alt_taps.shape[1]):
         num = pos[m] + left - k * dilation
@@ -209,9 +207,7 @@ def _unchanged(tile, tile_start, ref, seq, same):
     n_mut, width, n_ch = tile.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    j = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, j, c = _element(i, width, n_ch)
     if tile[m, j, c] != ref[seq[m], tile_start[m] + j, c]:
         same[m] = 0  # every writer writes 0: no race
 
@@ -229,9 +225,7 @@ def _bias_act_delta(y, bias, ref, seq, start, delta, act):
     n_mut, width, n_ch = y.shape
     if i >= n_mut * width * n_ch:
         return
-    c = i % n_ch
-    j = (i // n_ch) % width
-    m = i // (n_ch * width)
+    m, j, c = _element(i, width, n_ch)
     v = y[m, j, c] + bias[c]
     if act == 1 and v < 0:
         v = v - v  # +0 in v's own dtype
