@@ -371,3 +371,14 @@ def test_command_line_on_an_existing_scheduler(tmp_path, cluster):
     np.testing.assert_array_equal(
         a["outputs"]["motif_logit"]["scores"], b["outputs"]["motif_logit"]["scores"]
     )
+
+
+def test_gzipped_vcf_reads_the_same(files):
+    import gzip
+
+    with (
+        open(files / "variants.vcf", "rb") as src,
+        gzip.open(files / "v.vcf.gz", "wb") as dst,
+    ):
+        dst.write(src.read())
+    assert read_vcf(files / "v.vcf.gz") == read_vcf(files / "variants.vcf")
