@@ -312,6 +312,9 @@ _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     ops.Reshape: lambda n, xs: xs[0].reshape((xs[0].shape[0],) + n.op.target_shape),
     ops.Dense: _dense,
     ops.GlobalPool1D: _global_pool,
+    ops.ChannelSlice: lambda n, xs: np.ascontiguousarray(
+        xs[0][..., n.op.start : n.op.end]
+    ),
 }
 
 

@@ -940,18 +940,53 @@ def _slice(imp: _Importer, inputs, attrs):
         return x
     out = x
     for axis, (first, drop_end) in crops.items():
-        if rank != 2 or out.perm[axis] != 0:
-            raise imp.unsupported(
-                f"slicing axis {axis + 1} of a tensor of shape "
-                f"{(None,) + imp.onnx_shape(out)}: only crops along the length axis "
-                "are supported"
-            )
-        out = imp.add(
-            ops.Crop1D(first, drop_end),
-            [out],
-            out.perm,
-            suffix=f"/{axis}" if len(crops) > 1 else "",
+        suffix = f"/{axis}" if len(crops) > 1 else ""
+        out = _cut(imp, out, axis, first, drop_end, suffix)
+    return out
+
+
+def _cut(imp: _Importer, x: _Value, axis: int, first: int, drop_end: int, suffix=""):
+    """Part of ONNX per-sample ``axis`` of ``x``: a crop on the length axis, a
+    channel slice on the IR's last axis."""
+    j = x.perm[axis]
+    ir = imp.graph.nodes[x.node].shape
+    if len(ir) == 2 and j == 0:
+        return imp.add(ops.Crop1D(first, drop_end), [x], x.perm, suffix=suffix)
+    if j is not None and j == len(ir) - 1 and ir[j] is not None:
+        op = ops.ChannelSlice(first, ir[j] - drop_end)
+        return imp.add(op, [x], x.perm, suffix=suffix)
+    raise imp.unsupported(
+        f"slicing axis {axis + 1} of a tensor of shape "
+        f"{(None,) + imp.onnx_shape(x)}: only crops along the length axis and "
+        "slices of the channels are supported"
+    )
+
+
+@_handles("Split")
+def _split(imp: _Importer, inputs, attrs):
+    x = imp.tensor(inputs[0])
+    rank = len(x.perm)
+    axis = imp.sample_axis(int(attrs.get("axis", 0)), rank)
+    n = imp.onnx_shape(x)[axis]
+    if n is None:
+        raise imp.unsupported("splitting an axis of unknown length" + _FIX_LENGTH)
+    if len(inputs) > 1 and inputs[1]:
+        sizes = [int(s) for s in imp.need_const(inputs[1], "split").reshape(-1)]
+    elif "split" in attrs:
+        sizes = [int(s) for s in attrs["split"]]
+    else:
+        parts = int(attrs.get("num_outputs", len(imp.node.output)))
+        size = -(-n // parts)
+        sizes = [min(size, n - i * size) for i in range(parts)]
+    if sum(sizes) != n or len(sizes) != len(imp.node.output):
+        raise ModelFileError(
+            f"{imp.where()} in '{imp.path}': split sizes {sizes} do not divide an "
+            f"axis of {n} into {len(imp.node.output)} parts"
         )
+    out, first = [], 0
+    for i, size in enumerate(sizes):
+        out.append(_cut(imp, x, axis, first, n - first - size, suffix=f"/{i}"))
+        first += size
     return out
 
 

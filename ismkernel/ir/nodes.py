@@ -29,6 +29,7 @@ __all__ = [
     "Flatten",
     "Reshape",
     "Dense",
+    "ChannelSlice",
     "GlobalPool1D",
     "Node",
     "ACTIVATIONS",
@@ -273,6 +274,14 @@ class Dense(Op):
     @property
     def weight_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+
+@dataclass(frozen=True)
+class ChannelSlice(Op):
+    """Channels ``[start, end)`` of the last axis (``torch.chunk``, GLU)."""
+
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,14 @@ def infer_shape(node: ops.Node, in_shapes: list[Shape]) -> Shape:
             )
         return tuple(x[:-1]) + (op.units,)
 
+    if isinstance(op, ops.ChannelSlice):
+        if not x or x[-1] is None or not 0 <= op.start < op.end <= x[-1]:
+            raise ShapeError(
+                f"{where}: channels [{op.start}, {op.end}) do not fit an input of "
+                f"shape {x}"
+            )
+        return tuple(x[:-1]) + (op.end - op.start,)
+
     if isinstance(op, ops.GlobalPool1D):
         _need_rank(node, x, 2, "(seq_len, n_channels)")
         keep = 1 - op.axis

@@ -44,7 +44,14 @@ from ismkernel.plan.intervals import (
 __all__ = ["NodePlan", "Plan", "build_plan", "concrete_shapes"]
 
 _LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
-_POINTWISE = (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.LayerNorm, ops.Dense)
+_POINTWISE = (
+    ops.Activation,
+    ops.PReLU,
+    ops.ChannelAffine,
+    ops.LayerNorm,
+    ops.Dense,
+    ops.ChannelSlice,
+)
 
 
 def is_row_local(op: ops.Op) -> bool:
@@ -260,7 +267,15 @@ def _local_reason(node: ops.Node, in_shapes: list[tuple], out_shape: tuple) -> s
     if len(out_shape) != 2 or any(len(s) != 2 for s in in_shapes):
         return f"{op.kind} on a tensor that is not (length, channels)"
     if isinstance(
-        op, (ops.Conv1D, ops.Pool1D, *_LOCAL_RESHAPING, ops.LayerNorm, ops.Dense)
+        op,
+        (
+            ops.Conv1D,
+            ops.Pool1D,
+            *_LOCAL_RESHAPING,
+            ops.LayerNorm,
+            ops.Dense,
+            ops.ChannelSlice,
+        ),
     ) or (isinstance(op, ops.GlobalPool1D) and is_row_local(op)):
         return ""
     if isinstance(op, ops.Activation):
