@@ -21,6 +21,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from ismkernel.plan import build_plan
 
     model = load_model(args.model)
+    if model.deferred_length:
+        if args.length is None:
+            print(model.summary())
+            print("\nPass --length L to see its graph and ISM plan for that length.")
+            return 0
+        model = model.with_length(args.length)
     print(model.summary())
     graph = model.graph
     index = seq_input_index(graph.input_specs, None)

@@ -193,6 +193,7 @@ def ism(
     """
     name = resolve_backend(backend)
     dt = check_dtype(dtype)
+    model = model.specialize(x)  # an ONNX graph waiting for its length gets one
     specs = model.graph.input_specs  # the IR's (seq_len, n_channels) layout
     index = seq_input_index(specs, seq_input)
     feeds = model.feeds(x, dt)

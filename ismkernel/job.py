@@ -126,14 +126,19 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     )
 
     model = load_model(job.model)
-    specs = model.graph.input_specs
+    deferred = model.deferred_length
+    specs = model.inputs if deferred else model.graph.input_specs
     if len(specs) != 1:
         raise InputError(
             f"'{job.model}' has {len(specs)} inputs; the command line scores "
             "single-input models (use the Python API, ismkernel.ism, for others)"
         )
-    seq_input_index(specs, None)
-    length, n_channels = specs[0].shape
+    if deferred:  # the length comes from the sequences
+        dims = specs[0].shape
+        length, n_channels = None, 4 if 4 in dims else dims[-1]
+    else:
+        seq_input_index(specs, None)
+        length, n_channels = specs[0].shape
     if n_channels != 4:
         raise InputError(
             f"'{job.model}' takes {n_channels} channels per position; sequence files "
@@ -151,6 +156,7 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
             raise InputError("give an INPUT sequence file, or --bed with --genome")
         source = open_sequences(job.input, length, job.center, job.n_as)
     seq_len = source.length
+    model = model.with_length(seq_len)
     window = parse_range(job.positions, "--positions")
     if window is None:
         positions = np.arange(seq_len)

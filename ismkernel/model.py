@@ -12,6 +12,7 @@ from ismkernel.backends import reference
 from ismkernel.errors import InputError
 from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
+from ismkernel.io.onnx import NeedsLength
 from ismkernel.ir import Graph, TensorSpec
 from ismkernel.reduce import OutputAxes
 
@@ -103,6 +104,18 @@ class Model:
                 length = channels = None
             out.append(OutputAxes(spec.name, tuple(spec.shape), length, channels))
         return out
+
+    #: True for a model whose graph waits for a sequence length.
+    deferred_length = False
+
+    def specialize(self, x: Any) -> Model:
+        """The model to run on ``x``: itself (see :class:`LengthDeferredModel`)."""
+        return self
+
+    def with_length(self, length: int) -> Model:
+        """The model for sequences of ``length``: itself, whose graph already
+        takes them (or says why not when run)."""
+        return self
 
     def select_outputs(self, outputs: list[str]) -> Model:
         """The same model with only ``outputs`` (names, in that order): nodes
@@ -299,13 +312,101 @@ def load_model(path: str | os.PathLike) -> Model:
     UnsupportedLayerError
         A layer or option the IR cannot represent (named in the message).
     """
-    graph, info = read_graph(path)
+    try:
+        graph, info = read_graph(path)
+    except NeedsLength as err:
+        return LengthDeferredModel(os.fspath(path), str(err))
+    return _model(graph, os.fspath(path), info)
+
+
+def _model(graph: Graph, path: str, info: dict) -> Model:
     return Model(
         graph,
-        os.fspath(path),
+        path,
         info["format"],
         info.get("keras_version", ""),
         producer=info.get("producer", ""),
         input_perms=info.get("input_perms"),
         output_perms=info.get("output_perms"),
     )
+
+
+class LengthDeferredModel(Model):
+    """An ONNX model whose graph computes with its sequence length, which the
+    file leaves free (``dynamic_axes`` on the length; bpnet-lite's crops use
+    ``X.shape[2]``). Its IR graph is built for a length when one is known:
+    from the arrays :meth:`predict` and :func:`~ismkernel.ism` are given, or
+    :meth:`with_length`. One graph is kept per length.
+    """
+
+    deferred_length = True
+
+    def __init__(self, path: str, why: str):
+        from ismkernel.io.onnx import declared_specs
+
+        self.path = path
+        self.format = "onnx"
+        self.keras_version = ""
+        self.producer = "graph built per sequence length"
+        self.why = why
+        self._built: dict[int, Model] = {}
+        ins, outs = declared_specs(path)
+        self._inputs = [TensorSpec(n, d) for n, d in ins]
+        self._outputs = [TensorSpec(n, d) for n, d in outs]
+
+    @property
+    def graph(self) -> Graph:  # type: ignore[override]
+        raise InputError(
+            f"'{self.path}' has no graph until its sequence length is known ("
+            f"{self.why}); use model.with_length(L), or pass sequences"
+        )
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    @property
+    def n_params(self) -> int:
+        import onnx
+
+        model = onnx.load(self.path, load_external_data=False)
+        return int(sum(np.prod(t.dims) for t in model.graph.initializer))
+
+    def with_length(self, length: int) -> Model:
+        length = int(length)
+        if length not in self._built:
+            graph, info = read_graph(self.path, length=length)
+            self._built[length] = _model(graph, self.path, info)
+        return self._built[length]
+
+    def specialize(self, x: Any) -> Model:
+        arrays = list(x.values()) if isinstance(x, dict) else x
+        if not isinstance(arrays, (list, tuple)):
+            arrays = [arrays]
+        for spec, arr in zip(self._inputs, arrays):
+            dims = spec.shape
+            shape = np.shape(arr)
+            if None in dims and len(shape) == len(dims) + 1:
+                return self.with_length(shape[1 + dims.index(None)])
+        raise InputError(
+            f"cannot tell the sequence length of the arrays given to '{self.path}' "
+            f"(inputs {[(s.name, s.shape) for s in self._inputs]}); use "
+            "model.with_length(L)"
+        )
+
+    def predict(self, x: Any, **kwargs) -> list[np.ndarray]:
+        return self.specialize(x).predict(x, **kwargs)
+
+    def summary(self) -> str:
+        return (
+            f"Model: {os.path.basename(self.path)} (ONNX; its graph is built once "
+            "the sequence length is known: pass sequences, or use with_length(L))\n"
+            + "Inputs:  "
+            + ", ".join(f"{s.name} {s.shape}" for s in self.inputs)
+            + "\nOutputs: "
+            + ", ".join(f"{s.name} {s.shape}" for s in self.outputs)
+        )

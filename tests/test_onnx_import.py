@@ -408,3 +408,50 @@ def test_reductions_over_features(tmp_path, op):
         "ReduceMax": f.max(1, keepdims=True),
     }[op]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+DYNAMIC = ONNX_FIXTURES / "dynamic"
+
+
+def test_free_length_model_is_built_per_length():
+    """bpnet-lite's BPNet exported with a dynamic length axis: its crops use
+    X.shape[2], so a graph exists per length; it is built from the arrays."""
+    model = ismkernel.load_model(DYNAMIC / "bpnet_dynamic_length.onnx")
+    assert model.deferred_length
+    assert model.inputs[0].shape == (4, None)
+    data = dict(np.load(DYNAMIC / "bpnet_dynamic_length.npz"))
+    for n in (64, 80):
+        for k, y in enumerate(model.predict(data[f"x_{n}"])):
+            assert_close_keras(y, data[f"y_{n}_{k}"], f"length {n} output {k}")
+    assert model.with_length(80) is model.with_length(80)  # built once
+    x = data["x_80"]
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
+    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS, batch_size=7)
+    assert_same_ism(ref, cpu, "dynamic length")
+    with pytest.raises(
+        ismkernel.InputError, match="no graph until its sequence length"
+    ):
+        _ = model.graph
+
+
+def test_free_length_model_on_the_command_line(tmp_path):
+    import subprocess
+
+    rng = np.random.default_rng(0)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(
+        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 80))}\n" for i in range(2))
+    )
+    path = DYNAMIC / "bpnet_dynamic_length.onnx"
+    out = tmp_path / "o.h5"
+    run = [sys.executable, "-m", "ismkernel"]
+    proc = subprocess.run(
+        [*run, "ism", path, fasta, "-o", out, "-q"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*run, "inspect", path], capture_output=True, text=True)
+    assert "Pass --length L" in proc.stdout
+    proc = subprocess.run(
+        [*run, "inspect", path, "--length", "80"], capture_output=True, text=True
+    )
+    assert "ISM plan" in proc.stdout, proc.stderr

@@ -15,8 +15,9 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ZIP_SIGNATURE = b"PK\x03\x04"
 
 
-def read_graph(path: str | os.PathLike):
+def read_graph(path: str | os.PathLike, length: int | None = None):
     """Read a model file into an IR graph, choosing the reader by content.
+    ``length`` fixes a sequence length an ONNX file leaves free.
 
     Returns
     -------
@@ -43,7 +44,7 @@ def read_graph(path: str | os.PathLike):
     if head.startswith(_ZIP_SIGNATURE):
         return read_keras_v3(path)
     if looks_like_onnx(head):
-        return read_onnx(path)
+        return read_onnx(path, length)
     raise ModelFileError(
         f"'{path}' is neither an HDF5 file, a .keras archive nor an ONNX file "
         f"(first bytes {head!r}); ismkernel reads Keras .h5 and .keras model files "

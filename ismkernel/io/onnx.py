@@ -35,11 +35,10 @@ from ismkernel.errors import (
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
 
-__all__ = ["read_onnx", "SUPPORTED_OPS", "looks_like_onnx"]
+__all__ = ["read_onnx", "SUPPORTED_OPS", "looks_like_onnx", "NeedsLength"]
 
 _CF = (1, 0)  # channels-first view of an IR (L, C) tensor
 _BIG = 2**62  # Slice ends past this mean "to the end"
-_FIX_LENGTH = "; export the model with a fixed sequence length (no dynamic length axis)"
 _FLOAT_TYPES = {1: "FLOAT", 10: "FLOAT16", 11: "DOUBLE", 16: "BFLOAT16"}
 
 
@@ -50,6 +49,10 @@ def looks_like_onnx(head: bytes) -> bool:
     tag ``0x08``) in every exporter's output.
     """
     return head[:1] == b"\x08"
+
+
+class NeedsLength(UnsupportedLayerError):
+    """The graph computes with a sequence length the file leaves free."""
 
 
 class _LayoutMismatch(UnsupportedLayerError):
@@ -84,7 +87,13 @@ def _attrs(node) -> dict:
 
 
 class _Importer:
-    def __init__(self, model, path: str, input_perms: dict[str, tuple[int, ...]]):
+    def __init__(
+        self,
+        model,
+        path: str,
+        input_perms: dict[str, tuple[int, ...]],
+        length: int | None = None,
+    ):
         from onnx import numpy_helper
 
         self.model = model
@@ -94,6 +103,7 @@ class _Importer:
         self.consts: dict[str, np.ndarray] = {}
         self.values: dict[str, _Value] = {}
         self.input_perms = input_perms
+        self.length = length
         self.opset = _opset(model)
         self.node = None
         self.node_index = 0
@@ -110,6 +120,13 @@ class _Importer:
 
     def unsupported(self, what: str) -> UnsupportedLayerError:
         return UnsupportedLayerError(f"{self.where()} in '{self.path}': {what}")
+
+    def needs_length(self, what: str) -> NeedsLength:
+        return NeedsLength(
+            f"{self.where()} in '{self.path}': {what}; the model computes with a "
+            "sequence length its file leaves free: ismkernel fixes it from the "
+            "sequences it is given, or Model.with_length(L) fixes it"
+        )
 
     def layout_error(self, what: str) -> _LayoutMismatch:
         return _LayoutMismatch(f"{self.where()} in '{self.path}': {what}")
@@ -313,6 +330,9 @@ class _Importer:
                 )
             perm = (0,)
         shape = tuple(dims[1:])
+        if self.length is not None and 0 in perm and shape[perm.index(0)] is None:
+            # A free sequence length, fixed for this import.
+            shape = tuple(self.length if j == 0 else d for d, j in zip(shape, perm))
         ir_shape = [0] * len([j for j in perm if j is not None])
         for d, j in zip(shape, perm):
             if j is not None:
@@ -458,9 +478,8 @@ def _explicit_pads(
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         if length is None:
             if stride != 1:
-                raise imp.unsupported(
+                raise imp.needs_length(
                     f"auto_pad={auto} with stride {stride} needs a fixed input length"
-                    + _FIX_LENGTH
                 )
             total = span - 1
         else:
@@ -552,9 +571,7 @@ def _pool(imp: _Importer, inputs, attrs):
     extra = 0
     if attrs.get("ceil_mode", 0):
         if length is None:
-            raise imp.unsupported(
-                "ceil_mode=1 needs a fixed input length" + _FIX_LENGTH
-            )
+            raise imp.needs_length("ceil_mode=1 needs a fixed input length")
         padded = length + left + right
         out_len = -(-(padded - size) // stride) + 1
         if (
@@ -919,9 +936,8 @@ def _slice(imp: _Importer, inputs, attrs):
             raise imp.unsupported(f"Slice with step {step} is not supported")
         n = shape[a - 1]
         if n is None and (start < 0 or 0 < end < _BIG // 4):
-            raise imp.unsupported(
+            raise imp.needs_length(
                 "a Slice of an axis of unknown length needs a fixed input length"
-                + _FIX_LENGTH
             )
         if n is None:
             first, drop_end = start, (-end if end < 0 else 0)
@@ -969,7 +985,7 @@ def _split(imp: _Importer, inputs, attrs):
     axis = imp.sample_axis(int(attrs.get("axis", 0)), rank)
     n = imp.onnx_shape(x)[axis]
     if n is None:
-        raise imp.unsupported("splitting an axis of unknown length" + _FIX_LENGTH)
+        raise imp.needs_length("splitting an axis of unknown length")
     if len(inputs) > 1 and inputs[1]:
         sizes = [int(s) for s in imp.need_const(inputs[1], "split").reshape(-1)]
     elif "split" in attrs:
@@ -1043,9 +1059,7 @@ def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
     if target == tuple(src):
         return x
     if None in src:
-        raise imp.unsupported(
-            f"reshaping {(None,) + src} needs a fixed input length" + _FIX_LENGTH
-        )
+        raise imp.needs_length(f"reshaping {(None,) + src} needs a fixed input length")
     if math.prod(target) != math.prod(src):
         raise ShapeError(
             f"{imp.where()} in '{imp.path}': cannot reshape {(None,) + src} to "
@@ -1102,8 +1116,8 @@ def _reshape(imp: _Importer, inputs, attrs):
         raise ModelFileError(f"{imp.where()} in '{imp.path}': shape {shape} has two -1")
     if -1 in per:
         if None in src:
-            raise imp.unsupported(
-                f"reshaping {(None,) + src} needs a fixed input length" + _FIX_LENGTH
+            raise imp.needs_length(
+                f"reshaping {(None,) + src} needs a fixed input length"
             )
         known = math.prod(s for s in per if s != -1)
         per[per.index(-1)] = math.prod(src) // known if known else 0
@@ -1119,9 +1133,7 @@ def _flatten(imp: _Importer, inputs, attrs):
         )
     src = imp.onnx_shape(x)
     if None in src:
-        raise imp.unsupported(
-            f"flattening {(None,) + src} needs a fixed input length" + _FIX_LENGTH
-        )
+        raise imp.needs_length(f"flattening {(None,) + src} needs a fixed input length")
     return _reshape_to(imp, x, (math.prod(src),))
 
 
@@ -1370,9 +1382,7 @@ def _resize(imp: _Importer, inputs, attrs):
     elif len(inputs) > 3 and inputs[3]:
         sizes = imp.need_const(inputs[3], "sizes").tolist()
         if None in shape[1:]:
-            raise imp.unsupported(
-                "Resize to fixed sizes needs a fixed input length" + _FIX_LENGTH
-            )
+            raise imp.needs_length("Resize to fixed sizes needs a fixed input length")
         scales = [1.0] + [o / i for o, i in zip(sizes[1:], shape[1:])]
     else:
         raise ModelFileError(f"{imp.where()} in '{imp.path}' has no scales or sizes")
@@ -1428,8 +1438,8 @@ def _shape(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
     shape = imp.onnx_shape(x)
     if None in shape:
-        raise imp.unsupported(
-            f"the shape of {(None,) + shape} needs a fixed input length" + _FIX_LENGTH
+        raise imp.needs_length(
+            f"the shape of {(None,) + shape} needs a fixed input length"
         )
     full = np.array((1,) + shape, dtype=np.int64)  # the batch size does not matter here
     return full[attrs.get("start", 0) : attrs.get("end", None)]
@@ -1537,6 +1547,20 @@ def _fold_constant_of_shape(imp, xs, attrs):
 SUPPORTED_OPS = tuple(sorted(set(_HANDLERS) | set(_FOLD)))
 
 
+def declared_specs(path: str) -> tuple[list, list]:
+    """``(name, per-sample dims)`` of the graph inputs and outputs as the
+    file declares them (``None`` for a free dimension)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    ins = [
+        (i.name, tuple(_dims(i)[1:])) for i in model.graph.input if i.name not in init
+    ]
+    outs = [(o.name, tuple(_dims(o)[1:])) for o in model.graph.output]
+    return ins, outs
+
+
 def _dims(inp) -> list[int | None]:
     return [
         d.dim_value if d.HasField("dim_value") else None
@@ -1569,8 +1593,12 @@ def _candidate_perms(model, path: str) -> list[dict[str, tuple[int, ...]]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*options)] or [{}]
 
 
-def read_onnx(path: str):
-    """Read an ONNX model file into an IR graph.
+def read_onnx(path: str, length: int | None = None):
+    """Read an ONNX model file into an IR graph; ``length`` fixes a sequence
+    length the file leaves free.
+
+    Raises :class:`NeedsLength` when the graph computes with a free length
+    and ``length`` is not given.
 
     Returns
     -------
@@ -1597,7 +1625,7 @@ def read_onnx(path: str):
         raise ModelFileError(f"'{path}' holds no ONNX graph")
     first_error = None
     for perms in _candidate_perms(model, path):
-        importer = _Importer(model, path, perms)
+        importer = _Importer(model, path, perms, length)
         importer.output_perms = []
         try:
             graph = importer.run()
