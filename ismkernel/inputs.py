@@ -20,6 +20,7 @@ __all__ = [
     "check_positions",
     "check_alternatives",
     "seq_input_index",
+    "output_indices",
 ]
 
 
@@ -150,6 +151,36 @@ def seq_input_index(specs: Sequence[TensorSpec], seq_input: Any) -> int:
             "mutates an input of shape (seq_len, n_channels)"
         )
     return index
+
+
+def output_indices(
+    names: Sequence[str], outputs: Any, what: str = "output"
+) -> list[int]:
+    """Indices of ``outputs`` (a name, an index, or a list of them; None: all)
+    among the model outputs ``names``."""
+    if outputs is None:
+        return list(range(len(names)))
+    if isinstance(outputs, (str, int, np.integer)):
+        outputs = [outputs]
+    picks = []
+    for o in outputs:
+        if isinstance(o, str):
+            if o not in names:
+                raise InputError(
+                    f"{what} {o!r} is not a model output; outputs: {list(names)}"
+                )
+            picks.append(list(names).index(o))
+        elif (
+            isinstance(o, (int, np.integer))
+            and not isinstance(o, bool)
+            and 0 <= o < len(names)
+        ):
+            picks.append(int(o))
+        else:
+            raise InputError(
+                f"{what} {o!r} is neither an output name nor an index below {len(names)}"
+            )
+    return picks
 
 
 def check_positive_int(value: Any, name: str) -> int | None:

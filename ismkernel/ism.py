@@ -15,9 +15,11 @@ from ismkernel.inputs import (
     check_dtype,
     check_positions,
     check_positive_int,
+    output_indices,
     seq_input_index,
 )
 from ismkernel.model import Model, _from_ir
+from ismkernel.plan.intervals import EMPTY, hull
 from ismkernel.reduce import (
     REDUCERS,
     OutputAxes,
@@ -76,27 +78,7 @@ class IsmResult:
 
     def output_index(self, outputs: Any = None) -> list[int]:
         """Indices of ``outputs`` (names or indices; None: all)."""
-        if outputs is None:
-            return list(range(len(self.outputs)))
-        if isinstance(outputs, (str, int, np.integer)):
-            outputs = [outputs]
-        picks = []
-        for o in outputs:
-            if isinstance(o, str):
-                if o not in self.output_names:
-                    raise InputError(
-                        f"output {o!r} is not a model output; outputs: "
-                        f"{self.output_names}"
-                    )
-                picks.append(self.output_names.index(o))
-            elif isinstance(o, (int, np.integer)) and 0 <= o < len(self.outputs):
-                picks.append(int(o))
-            else:
-                raise InputError(
-                    f"output {o!r} is neither an output name nor an index below "
-                    f"{len(self.outputs)}"
-                )
-        return picks
+        return output_indices(self.output_names, outputs)
 
     def selected(
         self, k: int, tasks: Any = None, sum_over: Any = None
@@ -244,7 +226,7 @@ def ism(
                 memory_budget=memory_budget,
                 chunk_size=batch,
                 progress=update,
-                output_rows={model.graph.outputs[k]: r for k, r in rows.items()},
+                output_rows=_node_rows(model, rows),
             )
             stats = dict(
                 seconds=run.seconds,
@@ -265,7 +247,6 @@ def ism(
         if bar is not None:
             bar.close()
     for k, (start, end) in rows.items():  # rows not computed are NaN, never stale
-        outs[k] = outs[k].copy() if outs[k].base is not None else outs[k]
         outs[k][:, :, :, :start] = np.nan
         outs[k][:, :, :, end:] = np.nan
     result = IsmResult(
@@ -326,17 +307,7 @@ def _output_rows(model: Model, output_rows: dict | None) -> dict[int, tuple[int,
     names = model.output_names
     out: dict[int, tuple[int, int]] = {}
     for key, value in output_rows.items():
-        if isinstance(key, str):
-            if key not in names:
-                raise InputError(
-                    f"output_rows names {key!r}, which is not a model output; "
-                    f"outputs: {names}"
-                )
-            k = names.index(key)
-        elif isinstance(key, (int, np.integer)) and 0 <= key < len(names):
-            k = int(key)
-        else:
-            raise InputError(f"output_rows key {key!r} is not an output name or index")
+        (k,) = output_indices(names, key, "output_rows key")
         shape = model.graph.output_specs[k].shape
         if len(shape) != 2:
             raise InputError(
@@ -352,9 +323,15 @@ def _output_rows(model: Model, output_rows: dict | None) -> dict[int, tuple[int,
                 f"length {shape[0]}"
             )
         out[k] = (int(start), int(end))
-    node_of = model.graph.outputs
-    for k in list(out):  # outputs that are one node share one range: the hull
-        same = [j for j in out if node_of[j] == node_of[k]]
-        if len(same) > 1 or node_of.count(node_of[k]) > len(same):
-            out[k] = (0, model.graph.output_specs[k].shape[0])
     return out
+
+
+def _node_rows(model: Model, rows: dict[int, tuple[int, int]]) -> dict:
+    """Rows the planner must compute per output node: the hull of what the
+    outputs on that node ask for (all rows for one that asks nothing)."""
+    need: dict[str, tuple[int, int]] = {}
+    for k, node in enumerate(model.graph.outputs):
+        if any(model.graph.outputs[j] == node for j in rows):
+            want = rows.get(k, (0, model.graph.output_specs[k].shape[0]))
+            need[node] = hull(need.get(node, EMPTY), want)
+    return need

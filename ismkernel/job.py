@@ -18,7 +18,7 @@ import numpy as np
 from ismkernel import config
 from ismkernel.distributed import cluster_client
 from ismkernel.errors import InputError
-from ismkernel.inputs import check_positive_int, seq_input_index
+from ismkernel.inputs import check_positive_int, output_indices, seq_input_index
 from ismkernel.io.results import OutputLayout, ResultsFile, sha256
 from ismkernel.io.sequences import ALPHABET, open_sequences
 from ismkernel.ism import ism
@@ -172,13 +172,7 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
 
     names = model.output_names
     if job.outputs:
-        picks = []
-        for o in job.outputs:
-            if o not in names:
-                raise InputError(
-                    f"--output {o!r} is not a model output; outputs: {names}"
-                )
-            picks.append(names.index(o))
+        picks = output_indices(names, job.outputs, "--output")
         # Only the kept outputs are computed: drop what nothing else needs.
         model = model.select_outputs([names[k] for k in picks])
         names = model.output_names

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ismkernel.errors import InputError
+from ismkernel.inputs import output_indices
 from ismkernel.io.genome import Genome, Variant, read_vcf, window_for
 from ismkernel.io.sequences import ALPHABET, encode
 from ismkernel.ism import ism
@@ -197,10 +198,8 @@ def score_variants(
 
     if outputs is not None:
         # Only the kept outputs are computed.
-        chosen = [outputs] if isinstance(outputs, (str, int)) else list(outputs)
-        model = model.select_outputs(
-            [model.output_names[_pick(model, o)] for o in chosen]
-        )
+        names = model.output_names
+        model = model.select_outputs([names[k] for k in output_indices(names, outputs)])
     picks = list(range(len(model.output_names)))
 
     args = (center, backend, batch_size, memory_budget, rc)
@@ -275,19 +274,6 @@ def score_variants(
             "n_scored": int(ok.sum()),
             "n_skipped": int((~ok).sum()),
         },
-    )
-
-
-def _pick(model: Model, o: Any) -> int:
-    names = model.output_names
-    if isinstance(o, str):
-        if o not in names:
-            raise InputError(f"output {o!r} is not a model output; outputs: {names}")
-        return names.index(o)
-    if isinstance(o, (int, np.integer)) and 0 <= o < len(names):
-        return int(o)
-    raise InputError(
-        f"output {o!r} is neither an output name nor an index below {len(names)}"
     )
 
 
