@@ -15,7 +15,6 @@ the peers in the same run. Results go to ``benchmarks/results/cpu-<host>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402
 import peers  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
 import ismkernel  # noqa: E402
 
@@ -187,10 +186,7 @@ def main(argv=None) -> int:
                         f"(batch {r[peer]['best_batch']}) = {r[peer]['ratio']:.1f}x"
                     )
             print(line, flush=True)
-    out = args.out or RESULTS / f"cpu-{platform.node() or 'host'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out or RESULTS / f"cpu-{platform.node() or 'host'}.json")
     return 0
 
 

@@ -17,7 +17,6 @@ fastest way to score variants with full forward passes. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
 import ismkernel  # noqa: E402
 from ismkernel.io.genome import Genome, read_vcf  # noqa: E402
@@ -168,10 +167,9 @@ def main(argv=None) -> int:
         f"{per_call:.1f}/s ({ours / per_call:.1f}x); batched predict: {batched:.1f}/s "
         f"({ours / batched:.1f}x)"
     )
-    out = args.out or RESULTS / f"variants-{platform.node() or 'host'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(
+        result, args.out or RESULTS / f"variants-{platform.node() or 'host'}.json"
+    )
     return 0
 
 

@@ -20,3 +20,14 @@ def machine_info() -> dict:
         numpy=np.__version__,
         ismkernel=ismkernel.__version__,
     )
+
+
+def write_result(result: dict, out) -> None:
+    """A benchmark's JSON, and where it went."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")

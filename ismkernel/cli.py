@@ -132,11 +132,10 @@ def _ism(args: argparse.Namespace) -> int:
 def _variants(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm.auto import tqdm
-
     from ismkernel.distributed import cluster_client
     from ismkernel.io.genome import read_vcf
     from ismkernel.io.results import sha256
+    from ismkernel.job import progress_bar
     from ismkernel.model import load_model
     from ismkernel.variants import score_variants, write_h5, write_tsv
 
@@ -148,12 +147,7 @@ def _variants(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     variants = read_vcf(args.vcf)
     start = time.perf_counter()
-    bar = tqdm(
-        total=len(variants),
-        unit="variant",
-        desc="variants",
-        disable=True if args.quiet else None,
-    )
+    bar = progress_bar(len(variants), "variant", "variants", args.quiet)
     try:
         with cluster_client(args.scheduler, args.workers) as client:
             res = score_variants(
@@ -193,6 +187,39 @@ def _variants(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _scoring_options(p: argparse.ArgumentParser, reducers: list[str]) -> None:
+    """What to keep and how to reduce it, and the engine: shared by ``ism``
+    and ``variants``."""
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="NAME",
+        help="model output to keep (repeatable; default all)",
+    )
+    p.add_argument(
+        "--reduce",
+        default="delta",
+        choices=reducers,
+        help="score per mutant (default delta: mutant minus reference)",
+    )
+    p.add_argument(
+        "--tasks", type=_tasks, metavar="I,J,...", help="output channels to keep"
+    )
+    p.add_argument(
+        "--sum-over",
+        metavar="START:END",
+        help="sum a profile output over this range of its length",
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
+    p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
+    p.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        metavar="BYTES",
+        help="e.g. 512M or 2G (default 1G)",
+    )
 
 
 def _dask_options(p: argparse.ArgumentParser) -> None:
@@ -323,34 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bases to put at each position: any of A, C, G, T, and N for an "
         "all-zero row (default ACGT)",
     )
-    p.add_argument(
-        "--output",
-        action="append",
-        metavar="NAME",
-        help="model output to keep (repeatable; default all)",
-    )
-    p.add_argument(
-        "--reduce",
-        default="delta",
-        choices=["raw", "delta", "log2fc", "mean-centred", "l2"],
-        help="score per mutant (default delta: mutant minus reference)",
-    )
-    p.add_argument(
-        "--tasks", type=_tasks, metavar="I,J,...", help="output channels to keep"
-    )
-    p.add_argument(
-        "--sum-over",
-        metavar="START:END",
-        help="sum a profile output over this range of its length",
-    )
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
-    p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
-    p.add_argument(
-        "--memory-budget",
-        type=_bytes,
-        metavar="BYTES",
-        help="e.g. 512M or 2G (default 1G)",
-    )
+    _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"])
     p.add_argument(
         "--center",
         action="store_true",
@@ -400,16 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vcf", required=True, help="VCF, plain or gzipped")
     p.add_argument("--genome", required=True, metavar="FASTA", help="reference genome")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help=".tsv or .h5")
-    p.add_argument("--reduce", default="delta", choices=["raw", "delta", "log2fc"])
-    p.add_argument("--output", action="append", metavar="NAME", help="output to keep")
-    p.add_argument("--tasks", type=_tasks, metavar="I,J,...", help="channels to keep")
-    p.add_argument("--sum-over", metavar="START:END", help="sum a profile over a range")
+    _scoring_options(p, ["raw", "delta", "log2fc"])
     p.add_argument(
         "--rc", action="store_true", help="average with the reverse complement"
     )
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
-    p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
-    p.add_argument("--memory-budget", type=_bytes, metavar="BYTES")
     _dask_options(p)
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.add_argument("-q", "--quiet", action="store_true")

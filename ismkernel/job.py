@@ -303,17 +303,23 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     return job.summary
 
 
-def _bar(job: IsmJob, total: int):
+def progress_bar(total: int, unit: str = "mutant", desc: str = "ISM", quiet=False):
+    """The command line's tqdm bar: rate and time left; silent with ``quiet``
+    or when stderr is not a terminal."""
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
-        unit="mutant",
+        unit=unit,
         unit_scale=True,
-        desc="ISM",
-        disable=True if job.quiet else None,  # None: silent when not a terminal
+        desc=desc,
+        disable=True if quiet else None,  # None: silent when not a terminal
         dynamic_ncols=True,
     )
+
+
+def _bar(job: IsmJob, total: int):
+    return progress_bar(total, quiet=job.quiet)
 
 
 def _score_batch(model, x, settings: dict, progress=False):

@@ -41,6 +41,17 @@ def fixture_inputs(data: dict, kind: str) -> list[np.ndarray]:
     return [data[f"x_{kind}_{j}"] for j in range(n)]
 
 
+def random_fasta(path, n: int, length: int, seed: int = 0):
+    """``n`` random ACGT records ``s0, s1, ...`` of ``length`` bases at ``path``."""
+    rng = np.random.default_rng(seed)
+    Path(path).write_text(
+        "".join(
+            f">s{i}\n{''.join(rng.choice(list('ACGT'), length))}\n" for i in range(n)
+        )
+    )
+    return path
+
+
 def onnx_manifest() -> dict:
     return json.loads((ONNX_FIXTURES / "manifest.json").read_text())
 

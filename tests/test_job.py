@@ -11,6 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import random_fasta
 
 import ismkernel
 from ismkernel.io.results import load_results
@@ -115,12 +116,7 @@ def test_plot_errors(tmp_path):
 
 
 def _many(tmp_path, n=120):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "many.fa"
-    with open(path, "w") as f:
-        for i in range(n):
-            f.write(f">s{i}\n{''.join(rng.choice(list('ACGT'), 200))}\n")
-    return path
+    return random_fasta(tmp_path / "many.fa", n, 200)
 
 
 def test_interrupted_run_resumes_to_the_same_file(tmp_path):
@@ -317,11 +313,7 @@ def test_wrong_length_fasta_and_center(tmp_path):
 def test_onnx_model_from_the_command_line(tmp_path):
     from conftest import ONNX_FIXTURES
 
-    rng = np.random.default_rng(0)
-    fasta = tmp_path / "in.fa"
-    fasta.write_text(
-        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 64))}\n" for i in range(3))
-    )
+    fasta = random_fasta(tmp_path / "in.fa", 3, 64)
     out = tmp_path / "o.h5"
     _cli(
         "ism",
@@ -345,11 +337,7 @@ def test_onnx_model_from_the_command_line(tmp_path):
 def test_sum_over_computes_only_the_summed_rows_and_matches_the_api(tmp_path):
     from conftest import ONNX_FIXTURES
 
-    rng = np.random.default_rng(1)
-    fasta = tmp_path / "in.fa"
-    fasta.write_text(
-        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 64))}\n" for i in range(2))
-    )
+    fasta = random_fasta(tmp_path / "in.fa", 2, 64, seed=1)
     out = tmp_path / "o.h5"
     model_file = ONNX_FIXTURES / "bpnet.onnx"
     _cli(

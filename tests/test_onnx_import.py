@@ -14,6 +14,7 @@ from conftest import (
     assert_same_ism,
     fixture_inputs,
     onnx_manifest,
+    random_fasta,
 )
 
 import ismkernel
@@ -437,11 +438,7 @@ def test_free_length_model_is_built_per_length():
 def test_free_length_model_on_the_command_line(tmp_path):
     import subprocess
 
-    rng = np.random.default_rng(0)
-    fasta = tmp_path / "in.fa"
-    fasta.write_text(
-        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 80))}\n" for i in range(2))
-    )
+    fasta = random_fasta(tmp_path / "in.fa", 2, 80)
     path = DYNAMIC / "bpnet_dynamic_length.onnx"
     out = tmp_path / "o.h5"
     run = [sys.executable, "-m", "ismkernel"]

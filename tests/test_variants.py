@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_fasta
 
 import ismkernel
 from ismkernel.errors import InputError
@@ -298,11 +299,7 @@ def test_dask_ism_python_api(model, cluster):
 def test_dask_job_survives_a_killed_worker(tmp_path, cluster):
     """A worker dies mid-run; Dask recomputes its chunks elsewhere and the file
     equals an in-process run's."""
-    rng = np.random.default_rng(5)
-    fasta = tmp_path / "many.fa"
-    fasta.write_text(
-        "".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), L))}\n" for i in range(40))
-    )
+    fasta = random_fasta(tmp_path / "many.fa", 40, L, seed=5)
     common = dict(positions="0:40", seqs_per_batch=2, quiet=True)
     run_job(IsmJob(EXAMPLE_MODEL, str(fasta), str(tmp_path / "local.h5"), **common))
 

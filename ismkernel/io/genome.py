@@ -8,7 +8,6 @@ the FASTA on first use. Coordinates follow the formats: VCF positions are
 
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ismkernel.errors import BackendUnavailableError, InputError
-from ismkernel.io.sequences import encode
+from ismkernel.io.sequences import encode, open_text
 
 __all__ = [
     "Genome",
@@ -53,12 +52,6 @@ class Genome:
         return str(self._fa[chrom][start:end])
 
 
-def _open_text(path: str):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt") if gz else open(path)
-
-
 @dataclass(frozen=True)
 class Variant:
     """One VCF record's ALT allele: ``index`` is the record's place in the
@@ -82,7 +75,7 @@ def read_vcf(path: str | os.PathLike) -> list[Variant]:
     out: list[Variant] = []
     seen_header = False
     index = 0
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line:
@@ -130,7 +123,7 @@ def read_bed(path: str | os.PathLike) -> list[Region]:
     if not os.path.exists(path):
         raise InputError(f"BED file '{path}' does not exist")
     out = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line or line.startswith(("#", "track", "browser")):

@@ -274,6 +274,10 @@ class _Importer:
                 continue
             self._add_input(inp)
         live = _live_nodes(g)
+        # Values some node or the graph reads (an extra output must not be).
+        self.read_names = {i for n in g.node for i in n.input} | {
+            o.name for o in g.output
+        }
         for self.node_index, self.node in enumerate(g.node):
             if self.node_index in live:
                 self._check_known()  # the root cause first, before any other error
@@ -377,14 +381,8 @@ class _Importer:
             else:
                 self.values[name] = value
         for extra in n.output[len(result) :]:
-            if extra and self._is_read(extra):
+            if extra and extra in self.read_names:
                 raise self.unsupported(f"its output '{extra}' is used but unsupported")
-
-    def _is_read(self, name: str) -> bool:
-        g = self.model.graph
-        return any(name in m.input for m in g.node) or any(
-            o.name == name for o in g.output
-        )
 
     def _fold(self, inputs: list[str]) -> None:
         n = self.node

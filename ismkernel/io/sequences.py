@@ -94,7 +94,9 @@ def fit_length(
     return out
 
 
-def _open_text(path: str):
+def open_text(path: str):
+    """A text file, gunzipped when its content is gzip (whatever its name);
+    lines keep their endings, so ``\r\n`` is stripped by the reader."""
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic == b"\x1f\x8b":
@@ -115,7 +117,7 @@ def _scan_fasta(path: str) -> Iterator[tuple[str, int, list[str]]]:
     header_line = 0
     parts: list[str] = []
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for number, line in enumerate(f, 1):
                 line = line.rstrip("\r\n").strip()
                 if not line:
