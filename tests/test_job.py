@@ -122,6 +122,7 @@ def _many(tmp_path, n=120):
 def test_interrupted_run_resumes_to_the_same_file(tmp_path):
     fasta = _many(tmp_path, 150)
     common = ["--positions", "0:60", "--seqs-per-batch", "3", "-q"]
+    common += ["--backend", "reference"]  # slow enough to be killed mid-run
     whole = tmp_path / "whole.h5"
     _cli("ism", EXAMPLE_MODEL, fasta, "-o", whole, *common)
 
@@ -206,7 +207,10 @@ def test_resume_refuses_another_run(tmp_path):
 def test_ctrl_c_leaves_a_resumable_file(tmp_path):
     fasta = _many(tmp_path, 60)
     out = tmp_path / "int.h5"
+    # The reference backend keeps the run long enough to be interrupted
+    # however fast the machine.
     args = [EXAMPLE_MODEL, fasta, "-o", out, "--seqs-per-batch", "2", "-q"]
+    args += ["--backend", "reference"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ismkernel", "ism", *map(str, args)],
         stdout=subprocess.DEVNULL,
