@@ -216,6 +216,9 @@ def test_ctrl_c_leaves_a_resumable_file(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a shell's background jobs inherit SIGINT ignored,
+        # and then Python never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
