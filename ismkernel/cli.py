@@ -98,6 +98,7 @@ def _ism(args: argparse.Namespace) -> int:
         backend=args.backend,
         batch_size=args.batch_size,
         memory_budget=args.memory_budget,
+        threads=args.threads,
         center=args.center,
         n_as=args.n_as,
         format=args.format,
@@ -162,6 +163,7 @@ def _variants(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 batch_size=args.batch_size,
                 memory_budget=args.memory_budget,
+                threads=args.threads,
                 client=client,
                 progress=bar.update,
             )
@@ -219,6 +221,12 @@ def _scoring_options(p: argparse.ArgumentParser, reducers: list[str]) -> None:
         type=_bytes,
         metavar="BYTES",
         help="e.g. 512M or 2G (default 1G)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads of the cpu backend (default NUMBA_NUM_THREADS: all cores)",
     )
 
 

@@ -27,6 +27,17 @@ SEQUENCE_CHANNELS = 4
 #: activations of a block of sequences plus the tiles of a chunk of mutants.
 CPU_MEMORY_BYTES = 1024 * 2**20
 
+#: Per-mutant bytes of a delta convolution's products of every changed input
+#: row with every kernel tap (the array a GEMM over all taps writes) from which
+#: the cpu backend runs one GEMM per tap instead, adding each into the output:
+#: nothing larger than a core's cache is written, and no products that fall
+#: outside the window or on padding are computed.
+CPU_TAPS_BYTES = 256 * 2**10
+
+#: Bytes of tiles one thread's chunk of mutants aims to keep in cache; the
+#: default chunk size follows from it and the plan's bytes per mutant.
+CPU_CHUNK_BYTES = 16 * 2**20
+
 #: Most mutants the cpu backend puts in one chunk: beyond a few thousand the
 #: GEMMs are no faster and the tiles fall out of cache.
 CPU_MAX_CHUNK = 4096

@@ -120,6 +120,7 @@ def ism(
     progress: bool = False,
     dtype: str = config.DEFAULT_DTYPE,
     memory_budget: int | None = None,
+    threads: int | None = None,
     reduce: str | None = None,
     client: Any = None,
     output_rows: dict | None = None,
@@ -154,6 +155,10 @@ def ism(
     memory_budget : int, optional
         Bytes the ``cpu`` backend may hold at once for reference activations
         and tiles (default ``config.CPU_MEMORY_BYTES``).
+    threads : int, optional
+        Threads of the ``cpu`` backend, each computing its own chunks with
+        single-threaded BLAS (default ``NUMBA_NUM_THREADS``, which is all the
+        cores unless set).
     reduce : str, optional
         Also compute ``result.scores`` with this reducer (``raw``, ``delta``,
         ``log2fc``, ``mean-centred``, ``l2``) on the backend's arrays.
@@ -184,6 +189,7 @@ def ism(
     alts = check_alternatives(alternatives, seq.shape[2], dt)
     batch = check_positive_int(batch_size, "batch_size")
     memory_budget = check_positive_int(memory_budget, "memory_budget")
+    threads = check_positive_int(threads, "threads")
 
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
@@ -201,6 +207,7 @@ def ism(
                 batch_size=batch,
                 dtype=dtype,
                 memory_budget=memory_budget,
+                threads=threads,
                 reduce=reduce,
                 output_rows=output_rows,
             ),
@@ -225,6 +232,7 @@ def ism(
                 alts,
                 memory_budget=memory_budget,
                 chunk_size=batch,
+                threads=threads,
                 progress=update,
                 output_rows=_node_rows(model, rows),
             )

@@ -68,6 +68,7 @@ class IsmJob:
     backend: str = "auto"
     batch_size: int | None = None
     memory_budget: int | None = None
+    threads: int | None = None
     center: bool = False
     n_as: str = "zero"
     format: str = "hdf5"
@@ -333,6 +334,7 @@ def _score_batch(model, x, settings: dict, progress=False):
         backend=settings["backend"],
         batch_size=settings["batch_size"],
         memory_budget=settings["memory_budget"],
+        threads=settings["threads"],
         dtype=settings["dtype"],
         progress=progress,
         output_rows=settings["output_rows"],
@@ -367,6 +369,7 @@ def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client
         backend=job.backend,
         batch_size=job.batch_size,
         memory_budget=job.memory_budget,
+        threads=job.threads,
         dtype=job.dtype,
         picks=picks,
         tasks=job.tasks,

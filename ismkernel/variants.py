@@ -87,15 +87,14 @@ def _score_windows(
     model: Model,
     x: np.ndarray,
     center: int,
-    backend: str,
-    batch_size: int | None,
-    memory_budget: int | None,
+    how: dict,
     rc: bool,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Reference outputs ``(n, *out)`` and the four base mutants at ``center``
     ``(n, 4, *out)`` of windows ``x`` (IR layout), per model output; with
-    ``rc``, averaged with the reverse-complement windows."""
-    kw = dict(backend=backend, batch_size=batch_size, memory_budget=memory_budget)
+    ``rc``, averaged with the reverse-complement windows. ``how``: the
+    backend options of :func:`ismkernel.ism`."""
+    kw = how
     eye = np.eye(4, dtype=np.float32)
     fwd = ism(
         model,
@@ -129,10 +128,6 @@ def _score_windows(
     return refs, muts
 
 
-def _score_chunk(model, chunk, center, backend, batch_size, memory_budget, rc):
-    return _score_windows(model, chunk, center, backend, batch_size, memory_budget, rc)
-
-
 def score_variants(
     model: Model,
     vcf: str | os.PathLike | list[Variant],
@@ -146,6 +141,7 @@ def score_variants(
     backend: str = "auto",
     batch_size: int | None = None,
     memory_budget: int | None = None,
+    threads: int | None = None,
     windows_per_batch: int = 64,
     client: Any = None,
     progress: Any = None,
@@ -202,13 +198,19 @@ def score_variants(
         model = model.select_outputs([names[k] for k in output_indices(names, outputs)])
     picks = list(range(len(model.output_names)))
 
-    args = (center, backend, batch_size, memory_budget, rc)
+    how = dict(
+        backend=backend,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        threads=threads,
+    )
+    args = (center, how, rc)
     if client is not None:
         from ismkernel.distributed import map_ordered
 
-        results = map_ordered(client, _score_chunk, model, batches(), *args)
+        results = map_ordered(client, _score_windows, model, batches(), *args)
     else:
-        results = (_score_chunk(model, x, *args) for x in batches())
+        results = (_score_windows(model, x, *args) for x in batches())
 
     window = parse_range(sum_over, "sum_over")
     axes = model.output_axes

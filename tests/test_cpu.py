@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import numpy as np
 import pytest
 from conftest import (
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 from random_graphs import Builder, random_models
 
 import ismkernel
+from ismkernel import config
 from ismkernel.errors import InputError
 from ismkernel.ir import nodes as ops
 from ismkernel.model import Model
@@ -120,3 +124,113 @@ def test_float64_matches_reference():
     assert cpu.outputs[0].dtype == np.float64
     for a, b in zip(ref.outputs, cpu.outputs):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_ch", [2, 16])
+@pytest.mark.parametrize("stride,dilation,left", [(1, 1, 2), (1, 4, 4), (2, 1, 1)])
+def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
+    from ismkernel.backends.cpu import kernels
+
+    rng = np.random.default_rng(n_ch + dilation)
+    length, n_mut, w_in, width, n_taps = 30, 9, 7, 6, 3
+    ref = rng.standard_normal((2, length, n_ch)).astype(np.float32)
+    seq = rng.integers(0, 2, n_mut)
+    # windows reaching past both ends, where the reference counts as zero
+    in_start = rng.integers(-3, length - w_in + 3, n_mut)
+    tile = rng.standard_normal((n_mut, w_in, n_ch)).astype(np.float32)
+    want = tile - kernels.gather(None, None, ref, seq, in_start, w_in)
+    np.testing.assert_array_equal(kernels.change(tile, in_start, ref, seq), want)
+    np.testing.assert_allclose(
+        kernels.change_sum(tile, in_start, ref, seq), want.sum(axis=1), rtol=1e-5
+    )
+
+    out_start = rng.integers(0, length - width + 1, n_mut)
+    taps = rng.standard_normal((n_mut, w_in, n_taps, n_ch)).astype(np.float32)
+    want = kernels.gather(None, None, ref, seq, out_start, width)
+    kernels.col2im_add(want, taps, in_start, out_start, left, stride, dilation)
+    got = np.empty_like(want)
+    kernels.col2im_ref(got, ref, seq, out_start, taps, in_start, left, stride, dilation)
+    np.testing.assert_array_equal(got, want)
+
+
+@contextlib.contextmanager
+def _per_tap_everywhere():
+    """Every stride-1 delta convolution runs one GEMM per tap."""
+    with mock.patch.object(config, "CPU_TAPS_BYTES", 0):
+        yield
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_per_tap_convolutions_equal_reference(name):
+    model = ismkernel.load_model(fixture_path(name))
+    xs = fixture_inputs(fixture_data(name), "float")
+    x = xs if len(xs) > 1 else xs[0]
+    alts = ALTS if model.inputs[0].shape[-1] == 4 else None
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=alts)
+    with _per_tap_everywhere():
+        cpu = ismkernel.ism(model, x, backend="cpu", alternatives=alts, batch_size=7)
+    assert_same_ism(ref, cpu, name)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(random_models(), st.data())
+def test_per_tap_convolutions_on_random_graphs(graph, data):
+    model = Model(graph)
+    seq_len = graph.nodes[graph.inputs[0]].shape[0]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (2, seq_len))]
+    pos = data.draw(
+        st.lists(st.integers(0, seq_len - 1), min_size=1, max_size=6, unique=True)
+    )
+    ref = ismkernel.ism(model, x, backend="reference", positions=pos)
+    with _per_tap_everywhere():
+        cpu = ismkernel.ism(model, x, backend="cpu", positions=pos, batch_size=3)
+    assert_same_ism(ref, cpu)
+
+
+def test_per_tap_flops_count_the_products_landing_in_the_window():
+    from ismkernel.plan import build_plan
+
+    b = Builder(40)
+    c1 = b.conv(b.seq, 4, 5)
+    c2 = b.conv(c1, 3, 3, dilation=8)
+    b.g.outputs = b.g.output_names = [c2]
+    graph = b.g.finalize()
+    with _per_tap_everywhere():
+        plan = build_plan(
+            graph, graph.inputs[0], {graph.inputs[0]: (40, 4)}, np.arange(40)
+        )
+    src, p = plan.nodes[c1], plan.nodes[c2]
+    assert p.strategy == "delta-per-tap"
+    counts = []
+    for i in range(40):  # brute force: (input row, tap) pairs landing in the window
+        n = 0
+        for j in range(src.width):
+            for k in range(3):
+                o = src.start[i] + j + 1 * 8 - k * 8  # same padding: left = 8
+                n += p.start[i] <= o < p.start[i] + p.width
+        counts.append(n)
+    assert p.flops_plan == pytest.approx(2 * np.mean(counts) * 4 * 3)
+
+
+def test_results_do_not_depend_on_threads():
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "float")[0]
+    runs = [ismkernel.ism(model, x, threads=t, batch_size=5) for t in (1, 2, 3)]
+    for run in runs[1:]:
+        for a, b in zip(runs[0].outputs, run.outputs):
+            np.testing.assert_array_equal(a, b)
+    default = [ismkernel.ism(model, x, threads=t) for t in (1, 3)]
+    assert_same_ism(default[0], default[1])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "4"])
+def test_bad_threads(bad):
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0]
+    with pytest.raises(InputError, match="threads"):
+        ismkernel.ism(model, x, threads=bad)

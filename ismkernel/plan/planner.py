@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ismkernel.ir import Graph, infer_shape
+from ismkernel import config
+from ismkernel.ir import Graph, conv_padding, infer_shape
 from ismkernel.ir import nodes as ops
 from ismkernel.plan.intervals import (
     EMPTY,
@@ -75,7 +76,9 @@ class NodePlan:
     strategy : str
         ``row``, ``reference``, ``lookup`` (first convolution: kernel taps of
         the changed row), ``delta`` (convolution of the change of the input
-        window), ``window`` (convolution recomputed on the window), ``pool``,
+        window), ``delta-per-tap`` (the same, one GEMM per kernel tap on the
+        input rows whose product lands in the window: for wide windows),
+        ``window`` (convolution recomputed on the window), ``pool``,
         ``pointwise``, ``gather`` (merge, concatenate, crop, pad, upsample),
         ``virtual``, ``flatten-dense`` (Dense rows of the window applied to its
         change), ``global-avg``, ``global-sum``, ``global-max`` or ``dense``.
@@ -312,6 +315,21 @@ def _conv_costs(op: ops.Conv1D, cin: int, w_in: int, w_out: int) -> tuple[float,
     return delta, window, delta_cost, window_cost
 
 
+def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
+    """Mean FLOPs per mutant of a stride-1 delta convolution run one tap at a
+    time on only the input rows whose product lands in the output window."""
+    left = conv_padding(src.shape[0], op.kernel_size, 1, op.dilation, op.padding)[0]
+    shift = src.start - p.start + left  # input row j lands on shift + j - k * d
+    rows = np.zeros(len(shift))
+    for k in range(op.kernel_size):
+        first = shift - k * op.dilation
+        j0 = np.maximum(0, -first)
+        j1 = np.minimum(src.width, p.width - first)
+        rows += np.maximum(j1 - j0, 0)
+    mean = float(rows.mean()) if len(rows) else 0.0
+    return 2.0 * mean * cin * op.n_filters
+
+
 def _naive_flops(node: ops.Node, in_shapes: list[tuple], shape: tuple) -> float:
     op = node.op
     size = math.prod(shape) if shape else 1
@@ -535,10 +553,18 @@ def _cost(
             p.strategy, p.flops_plan = "lookup", float(op.kernel_size * op.n_filters)
             p.bytes_per_mutant += op.kernel_size * op.n_filters * itemsize
         elif delta_cost <= window_cost:
-            p.strategy, p.flops_plan = "delta", delta
-            p.bytes_per_mutant += (
-                src.width * (op.kernel_size * op.n_filters + cin) * itemsize
-            )
+            taps_bytes = src.width * op.kernel_size * op.n_filters * itemsize
+            if (
+                op.groups == 1
+                and op.stride == 1
+                and taps_bytes >= config.CPU_TAPS_BYTES
+            ):
+                p.strategy = "delta-per-tap"
+                p.flops_plan = _per_tap_flops(op, cin, src, p)
+                p.bytes_per_mutant += src.width * cin * itemsize
+            else:
+                p.strategy, p.flops_plan = "delta", delta
+                p.bytes_per_mutant += taps_bytes + src.width * cin * itemsize
         else:
             p.strategy, p.flops_plan = "window", window
             span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1

@@ -9,11 +9,15 @@ to BLAS, the rest runs in the Numba kernels of :mod:`.kernels`.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 
+import numba
 import numpy as np
 
 from ismkernel import config
@@ -120,6 +124,8 @@ class _Prepared:
                     for g in range(op.groups)
                 ]
                 info = dict(left=left, mats=mats, cg=cg, fg=fg)
+                if p.strategy == "delta-per-tap":
+                    info["per_tap"] = np.ascontiguousarray(kernel)
                 if p.strategy == "lookup":
                     info["alt_taps"] = (alternatives @ mats[0]).reshape(
                         len(alternatives), op.kernel_size, op.n_filters
@@ -226,9 +232,8 @@ class _Chunk:
 
     def _change(self, name: str, st: _State) -> np.ndarray:
         """Mutant minus reference on the tile's window of node ``name`` (pooled)."""
-        delta = self._ref_window(name, st.start, st.tile.shape[1])
-        np.subtract(st.tile, delta, out=delta)
-        return delta
+        out = self._buf(*st.tile.shape)
+        return kernels.change(st.tile, st.start, self.refs[name], self.seq, out=out)
 
     def _drop_gathered(self, x: np.ndarray, st: _State | None) -> None:
         """Return ``x`` to the pool unless it is ``st``'s own tile."""
@@ -426,10 +431,15 @@ class _Chunk:
                 op.dilation,
                 out=self._buf(len(self.seq), p.width, op.n_filters),
             )
-        out = self._ref_window(name, start, p.width)
-        # delta: the change of the input window times every kernel tap
+        # delta: the change of the input window times every kernel tap, added
+        # to the reference output window
         w_in = sp.width
         delta = self._change(src, st)
+        if "per_tap" in info:
+            out = self._ref_window(name, start, p.width)
+            self._add_per_tap(out, start, delta, st.start, info["per_tap"], op, info)
+            self.pool.put(delta)
+            return out
         flat = delta.reshape(n_mut * w_in, -1)
         cg, fg = info["cg"], info["fg"]
         taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
@@ -441,11 +451,37 @@ class _Chunk:
                     flat[:, g * cg : (g + 1) * cg] @ mat
                 ).reshape(n_mut, w_in, op.kernel_size, fg)
         self.pool.put(delta)
-        kernels.col2im_add(
-            out, taps, st.start, start, info["left"], op.stride, op.dilation
+        out = kernels.col2im_ref(
+            self._buf(n_mut, p.width, op.n_filters),
+            self.refs[name],
+            self.seq,
+            start,
+            taps,
+            st.start,
+            info["left"],
+            op.stride,
+            op.dilation,
         )
         self.pool.put(taps)
         return out
+
+    def _add_per_tap(self, out, out_start, delta, in_start, kernel, op, info):
+        """``out += conv(delta)`` on each mutant's window, one GEMM per tap
+        over the input rows whose product lands in the window (stride 1)."""
+        width, w_in = out.shape[1], delta.shape[1]
+        tmp = self._buf(w_in, op.n_filters)
+        for m in range(len(out)):
+            # input row in_start + j lands on output row in_start + j + left - k * d
+            shift = int(in_start[m]) - int(out_start[m]) + info["left"]
+            for k in range(op.kernel_size):
+                o_first = shift - k * op.dilation
+                j0, j1 = max(0, -o_first), min(w_in, width - o_first)
+                if j1 <= j0:
+                    continue
+                rows = slice(o_first + j0, o_first + j1)
+                prod = np.matmul(delta[m, j0:j1], kernel[k], out=tmp[: j1 - j0])
+                np.add(out[m, rows], prod, out=out[m, rows])
+        self.pool.put(tmp)
 
     def _full_node(self, name, node, p, states) -> np.ndarray:
         if p.strategy == "flatten-dense":
@@ -472,11 +508,9 @@ class _Chunk:
             st = states[src]
             length = self.plan.shapes[src][0]
             if p.strategy != "global-max":
-                delta = self._change(src, st)
-                change = delta.sum(axis=1)
+                change = kernels.change_sum(st.tile, st.start, self.refs[src], self.seq)
                 if p.strategy == "global-avg":
                     change /= st.tile.dtype.type(length)
-                self.pool.put(delta)
                 out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
             else:
                 pre, suf = self.extras[name]
@@ -495,6 +529,23 @@ def _budget(memory_budget: int | None) -> int:
     return int(memory_budget or config.CPU_MEMORY_BYTES)
 
 
+def default_threads() -> int:
+    """Worker threads of the cpu backend: Numba's thread count, which follows
+    ``NUMBA_NUM_THREADS`` and otherwise the cores this process may use."""
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int):
+    """BLAS limited to ``n`` threads inside (one per worker thread: the
+    workers are the parallelism, and BLAS threads that spin after a call
+    would steal their cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
 def cpu_ism(
     graph: Graph,
     feeds: Sequence[np.ndarray],
@@ -504,6 +555,7 @@ def cpu_ism(
     *,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
+    threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     output_rows: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], CpuRun]:
@@ -514,10 +566,13 @@ def cpu_ism(
     ----------
     memory_budget : int, optional
         Bytes the reference activations of a block of sequences and the tiles
-        of a chunk of mutants may take together (default
+        of the chunks in flight may take together (default
         ``config.CPU_MEMORY_BYTES``).
     chunk_size : int, optional
         Mutants per chunk; default from the budget.
+    threads : int, optional
+        Chunks computed at once, one per thread (default
+        :func:`default_threads`). Results do not depend on it.
     """
     dtype = feeds[seq_index].dtype
     x = feeds[seq_index]
@@ -532,23 +587,43 @@ def cpu_ism(
         output_rows=output_rows,
     )
     prep = _Prepared(plan, alternatives, dtype)
+    n_threads = int(threads or default_threads())
     budget = _budget(memory_budget)
     ref_per_seq = sum(math.prod(s) for s in plan.shapes.values()) * dtype.itemsize
     # A quarter of the budget for reference activations, the rest for tiles
-    # (live ones and those the pool keeps for the next chunk).
+    # (live ones and those the pools keep for the next chunk), shared by the
+    # threads.
     block = int(max(1, min(n_seqs, (budget // 4) // max(ref_per_seq, 1))))
     per_mutant = max(plan.peak_bytes_per_mutant(), 1)
+    tile_budget = max(budget - block * ref_per_seq, 0) // n_threads
+    # A thread's chunk keeps its tiles about cache-sized, within the budget.
     chunk = chunk_size or int(
         max(
-            64,
+            1,
             min(
-                config.CPU_MAX_CHUNK, (budget - block * ref_per_seq) // (2 * per_mutant)
+                config.CPU_MAX_CHUNK,
+                tile_budget // (2 * per_mutant),
+                max(4, config.CPU_CHUNK_BYTES // per_mutant),
             ),
         )
     )
     run = CpuRun(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
 
-    pool = _Pool(limit=max(budget - block * ref_per_seq, 0) // 2)
+    local = threading.local()
+    timings: list[dict[str, float]] = []
+
+    def work(refs, extras, xb, b0, s, pj, a):
+        if not hasattr(local, "pool"):
+            local.pool = _Pool(limit=tile_budget // 2)
+            local.seconds = {}
+            timings.append(local.seconds)
+        worker = _Chunk(prep, refs, extras, xb, alternatives, local.seconds, local.pool)
+
+        def write(k, rows, values):
+            outputs[k][b0 + s[rows], pj[rows], a[rows]] = values
+
+        return worker.run(s, pj, a, write), len(s)
+
     same = reference.unchanged_rows(x, positions, alternatives)
     reference_out: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
@@ -556,30 +631,49 @@ def cpu_ism(
     for shape in out_shapes:
         outputs.append(np.empty((n_seqs, n_pos, n_alts) + shape, dtype=dtype))
         reference_out.append(np.empty((n_seqs,) + shape, dtype=dtype))
-    for b0 in range(0, n_seqs, block):
-        b1 = min(n_seqs, b0 + block)
-        block_feeds = [f[b0:b1] for f in feeds]
-        t0 = time.perf_counter()
-        refs, extras = _block_refs(graph, block_feeds, plan)
-        run.seconds["(reference pass)"] = run.seconds.get("(reference pass)", 0.0) + (
-            time.perf_counter() - t0
-        )
-        for k, name in enumerate(graph.outputs):
-            reference_out[k][b0:b1] = refs[name]
-            outputs[k][b0:b1] = refs[name][:, None, None]
-        s_i, p_i, a_i = np.nonzero(~same[b0:b1])
-        run.n_mutants += len(s_i)
-        worker = _Chunk(prep, refs, extras, x[b0:b1], alternatives, run.seconds, pool)
-        for c0 in range(0, len(s_i), chunk):
-            sl = slice(c0, c0 + chunk)
-            s, pj, a = s_i[sl], p_i[sl], a_i[sl]
-
-            def write(k, rows, values, s=s, pj=pj, a=a, b0=b0):
-                outputs[k][b0 + s[rows], pj[rows], a[rows]] = values
-
-            run.n_early_exit += worker.run(s, pj, a, write)
-            if progress is not None:
-                progress(len(s))
+    with concurrent.futures.ThreadPoolExecutor(n_threads) as workers:
+        for b0 in range(0, n_seqs, block):
+            b1 = min(n_seqs, b0 + block)
+            block_feeds = [f[b0:b1] for f in feeds]
+            t0 = time.perf_counter()
+            refs, extras = _block_refs(graph, block_feeds, plan)
+            run.seconds["(reference pass)"] = run.seconds.get(
+                "(reference pass)", 0.0
+            ) + (time.perf_counter() - t0)
+            for k, name in enumerate(graph.outputs):
+                reference_out[k][b0:b1] = refs[name]
+                outputs[k][b0:b1] = refs[name][:, None, None]
+            s_i, p_i, a_i = np.nonzero(~same[b0:b1])
+            run.n_mutants += len(s_i)
+            # Every thread gets work, however few the mutants.
+            step = min(chunk, max(1, -(-len(s_i) // n_threads)))
+            with _blas_threads(1 if n_threads > 1 else None):
+                futures = [
+                    workers.submit(
+                        work,
+                        refs,
+                        extras,
+                        x[b0:b1],
+                        b0,
+                        s_i[c0 : c0 + step],
+                        p_i[c0 : c0 + step],
+                        a_i[c0 : c0 + step],
+                    )
+                    for c0 in range(0, len(s_i), step)
+                ]
+                try:
+                    for fut in concurrent.futures.as_completed(futures):
+                        early, n_done = fut.result()
+                        run.n_early_exit += early
+                        if progress is not None:
+                            progress(n_done)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    for seconds in timings:
+        for name, t in seconds.items():
+            run.seconds[name] = run.seconds.get(name, 0.0) + t
     run.n_copied = int(same.sum())
     if progress is not None and run.n_copied:
         progress(run.n_copied)

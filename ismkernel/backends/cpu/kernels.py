@@ -1,6 +1,8 @@
-"""Numba kernels of the CPU executor: the non-GEMM work, parallel over mutants.
+"""Numba kernels of the CPU executor: the non-GEMM work.
 
-Every kernel takes per-mutant index arrays (int64) and writes into arrays the
+The kernels are serial and release the GIL: the executor runs one chunk of
+mutants per thread, each thread with its own kernels and single-threaded BLAS
+calls, so no two thread pools compete for the cores. Every kernel takes per-mutant index arrays (int64) and writes into arrays the
 caller allocates, so it compiles once per dtype. A *window* of a node for
 mutant ``m`` is rows ``[start[m], start[m] + width)`` of its output; a *tile*
 holds the mutant's values on its window, and the reference (per sequence)
@@ -12,9 +14,18 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["gather", "col2im_add", "pool_window", "lookup_add", "unchanged"]
+__all__ = [
+    "gather",
+    "change",
+    "change_sum",
+    "col2im_add",
+    "col2im_ref",
+    "pool_window",
+    "lookup_add",
+    "unchanged",
+]
 
-_OPTS = dict(parallel=True, cache=True, nogil=True, fastmath=False)
+_OPTS = dict(cache=True, nogil=True, fastmath=False)
 
 
 @numba.njit(**_OPTS)
@@ -22,7 +33,7 @@ def _gather(tile, tile_start, ref, seq, start, out, pad):
     n_mut, width, n_ch = out.shape
     t_width = tile.shape[1]
     length = ref.shape[1]
-    for m in numba.prange(n_mut):
+    for m in range(n_mut):
         s = seq[m]
         t0 = tile_start[m]
         for j in range(width):
@@ -85,10 +96,114 @@ def gather(
 
 
 @numba.njit(**_OPTS)
+def _change(tile, tile_start, ref, seq, out):
+    n_mut, width, n_ch = tile.shape
+    length = ref.shape[1]
+    for m in range(n_mut):
+        s = seq[m]
+        for j in range(width):
+            p = tile_start[m] + j
+            if 0 <= p < length:
+                for c in range(n_ch):
+                    out[m, j, c] = tile[m, j, c] - ref[s, p, c]
+            else:
+                for c in range(n_ch):
+                    out[m, j, c] = tile[m, j, c]
+
+
+@numba.njit(**_OPTS)
+def _change_sum(tile, tile_start, ref, seq, out):
+    n_mut, width, n_ch = tile.shape
+    length = ref.shape[1]
+    for m in range(n_mut):
+        s = seq[m]
+        for c in range(n_ch):
+            out[m, c] = 0
+        for j in range(width):
+            p = tile_start[m] + j
+            if 0 <= p < length:
+                for c in range(n_ch):
+                    out[m, c] += tile[m, j, c] - ref[s, p, c]
+            else:
+                for c in range(n_ch):
+                    out[m, c] += tile[m, j, c]
+
+
+def change(
+    tile: np.ndarray,
+    tile_start: np.ndarray,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each mutant's values minus the reference, on the tile's own window
+    (the reference counts as zero outside the node's rows), in one pass."""
+    if out is None:
+        out = np.empty(tile.shape, dtype=tile.dtype)
+    _change(np.ascontiguousarray(tile), tile_start, ref, seq, out)
+    return out
+
+
+def change_sum(
+    tile: np.ndarray, tile_start: np.ndarray, ref: np.ndarray, seq: np.ndarray
+) -> np.ndarray:
+    """Per mutant and channel, the change from the reference summed over the
+    window's rows, with no array of changes in between."""
+    out = np.empty((tile.shape[0], tile.shape[2]), dtype=tile.dtype)
+    _change_sum(np.ascontiguousarray(tile), tile_start, ref, seq, out)
+    return out
+
+
+@numba.njit(**_OPTS)
+def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation):
+    n_mut, width, n_ch = out.shape
+    n_in, n_taps = taps.shape[1], taps.shape[2]
+    for m in range(n_mut):
+        s = seq[m]
+        for o in range(width):
+            row = out_start[m] + o
+            first = row * stride - left - in_start[m]
+            if n_ch >= 8:  # vector over channels
+                for c in range(n_ch):
+                    out[m, o, c] = ref[s, row, c]
+                for k in range(n_taps):
+                    j = first + k * dilation
+                    if 0 <= j < n_in:
+                        for c in range(n_ch):
+                            out[m, o, c] += taps[m, j, k, c]
+            else:  # few channels (a profile head): a register per channel
+                for c in range(n_ch):
+                    acc = ref[s, row, c]
+                    for k in range(n_taps):
+                        j = first + k * dilation
+                        if 0 <= j < n_in:
+                            acc += taps[m, j, k, c]
+                    out[m, o, c] = acc
+
+
+def col2im_ref(
+    out: np.ndarray,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    out_start: np.ndarray,
+    taps: np.ndarray,
+    in_start: np.ndarray,
+    left: int,
+    stride: int,
+    dilation: int,
+) -> np.ndarray:
+    """The reference output window plus the per-tap products of the changed
+    input rows: :func:`gather` of the reference then :func:`col2im_add`, in
+    one pass that writes each output row once (same sums, same order)."""
+    _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation)
+    return out
+
+
+@numba.njit(**_OPTS)
 def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
     n_mut, width, n_ch = out.shape
     n_in, n_taps = taps.shape[1], taps.shape[2]
-    for m in numba.prange(n_mut):
+    for m in range(n_mut):
         o0 = out_start[m]
         for j in range(n_in):
             p = in_start[m] + j
@@ -127,7 +242,7 @@ def _pool_window(
     n_mut, width, n_ch = out.shape
     t_width = tile.shape[1]
     length = ref.shape[1]
-    for m in numba.prange(n_mut):
+    for m in range(n_mut):
         s = seq[m]
         t0 = tile_start[m]
         for j in range(width):
@@ -209,7 +324,7 @@ def _lookup_add(
 ):
     n_mut, width, n_ch = out.shape
     n_taps = alt_taps.shape[1]
-    for m in numba.prange(n_mut):
+    for m in range(n_mut):
         s = seq[m]
         o0 = out_start[m]
         for j in range(width):
@@ -267,7 +382,7 @@ def lookup_add(
 @numba.njit(**_OPTS)
 def _unchanged(tile, tile_start, ref, seq, out):
     n_mut, width, n_ch = tile.shape
-    for m in numba.prange(n_mut):
+    for m in range(n_mut):
         s = seq[m]
         t0 = tile_start[m]
         same = True
