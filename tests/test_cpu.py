@@ -151,6 +151,15 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
     got = np.empty_like(want)
     kernels.col2im_ref(got, ref, seq, out_start, taps, in_start, left, stride, dilation)
     np.testing.assert_array_equal(got, want)
+    kernels.col2im_ref(
+        got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu=True
+    )
+    np.testing.assert_array_equal(got, np.maximum(want, 0))
+
+    acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
+    want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
+    kernels.gather_add(acc, tile, in_start, ref, seq, out_start)
+    np.testing.assert_array_equal(acc, want)
 
 
 @contextlib.contextmanager
@@ -215,6 +224,19 @@ def test_per_tap_flops_count_the_products_landing_in_the_window():
                 n += p.start[i] <= o < p.start[i] + p.width
         counts.append(n)
     assert p.flops_plan == pytest.approx(2 * np.mean(counts) * 4 * 3)
+
+
+def test_convolutions_apply_the_relu_that_follows_them():
+    from ismkernel.backends.cpu.executor import _Prepared
+    from ismkernel.plan import build_plan
+
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    g = model.graph
+    shape = g.input_specs[0].shape
+    plan = build_plan(g, g.inputs[0], {g.inputs[0]: shape}, np.arange(shape[0]))
+    prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
+    assert prep.relu_after and len(prep.relu_after) == len(prep.relu_done)
+    # (its ISM equals the reference's: test_cpu_equals_reference_on_every_fixture)
 
 
 def test_results_do_not_depend_on_threads():

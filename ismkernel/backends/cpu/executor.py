@@ -4,7 +4,8 @@ Work is done per *chunk* of mutants (sequence, position, alternative), drawn
 from a *block* of sequences whose reference activations are computed once and
 kept. Within a chunk every node is computed for all its mutants at once: the
 GEMMs of all positions, alternatives and sequences of the chunk are one call
-to BLAS, the rest runs in the Numba kernels of :mod:`.kernels`.
+to BLAS, the rest runs in the Numba kernels of :mod:`.kernels`. Chunks run
+one per thread, each thread with serial kernels and single-threaded BLAS.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class _Pool:
 
 @dataclasses.dataclass
 class CpuRun:
-    """What a run did: time per node, mutants, exact-zero early exits."""
+    """What a run did: time per node (seconds summed over the threads),
+    mutants, exact-zero early exits."""
 
     plan: Plan
     seconds: dict[str, float]
@@ -148,10 +150,32 @@ class _Prepared:
                         .reshape(src[0] * src[1], -1)
                     )
                 self.dense_rows[name] = np.ascontiguousarray(kernel)
+        # A plain ReLU that is the only reader of a delta convolution, on the
+        # same windows, is applied by the convolution while each row is in
+        # cache; the ReLU node then passes the tile on.
+        readers: dict[str, list[str]] = {}
+        for name, node in graph.nodes.items():
+            for src in node.inputs:
+                readers.setdefault(src, []).append(name)
+        self.relu_after: set[str] = set()  # convolutions that apply the ReLU
+        self.relu_done: set[str] = set()  # ReLU nodes they apply
+        outputs = set(graph.outputs)
+        for name in graph.nodes:
+            p = plan.nodes[name]
+            after = readers.get(name, [])
+            if (
+                p.strategy in ("delta", "delta-per-tap")
+                and len(after) == 1
+                and name not in outputs
+                and _plain_relu(graph.nodes[after[0]].op)
+                and plan.nodes[after[0]].width == p.width
+                and np.array_equal(plan.nodes[after[0]].start, p.start)
+            ):
+                self.relu_after.add(name)
+                self.relu_done.add(after[0])
         # Cut points: a tile node that is all a chunk still needs, after an op
         # that can clamp a change to exactly zero.
         # (An output no node reads is written as soon as it is computed.)
-        outputs = set(graph.outputs)
         for name, _, kept in plan.liveness():
             varying = {
                 n
@@ -168,19 +192,23 @@ class _Prepared:
                 self.check_zero.add(name)
 
 
+def _plain_relu(op) -> bool:
+    return (
+        isinstance(op, ops.Activation)
+        and op.fn == "relu"
+        and op.negative_slope == 0
+        and op.max_value is None
+        and op.threshold == 0
+    )
+
+
 def _in_place(node: Node, x: np.ndarray) -> bool:
     """Apply the cheap pointwise ops in place on a tile nobody reads after."""
     op = node.op
     t = x.dtype.type
     if isinstance(op, ops.Activation) and op.fn == "linear":
         return True
-    if (
-        isinstance(op, ops.Activation)
-        and op.fn == "relu"
-        and op.negative_slope == 0
-        and op.max_value is None
-        and op.threshold == 0
-    ):
+    if _plain_relu(op):
         np.maximum(x, t(0), out=x)
         return True
     if isinstance(op, ops.ChannelAffine):
@@ -352,6 +380,9 @@ class _Chunk:
                 out=self._buf(len(self.seq), p.width, plan.shapes[src][1]),
             )
             return _State(tile=out, start=start)
+        if name in self.prep.relu_done:  # applied by the convolution
+            st = states[node.inputs[0]]
+            return _State(tile=st.tile, start=st.start)
         if is_row_local(op):
             src = node.inputs[0]
             st = states.get(src)
@@ -361,6 +392,7 @@ class _Chunk:
                 and x is st.tile
                 and self.plan.last_use.get(src) == name
                 and src not in self.graph.outputs
+                and not self._shared(src, x, states)
                 and _in_place(node, x)
             ):
                 return _State(tile=x, start=start)
@@ -368,6 +400,10 @@ class _Chunk:
             self._drop_gathered(x, st)
             return _State(tile=y, start=start)
         # gather: merges, concatenation, crops, pads, upsampling
+        if isinstance(op, ops.Merge) and op.mode == "add" and len(node.inputs) == 2:
+            done = self._add_in_place(name, node, start, p.width, states)
+            if done is not None:
+                return done
         if isinstance(op, (ops.Merge, ops.Concatenate)):
             xs = [
                 self._window_of(states.get(s), s, start, p.width) for s in node.inputs
@@ -396,6 +432,43 @@ class _Chunk:
         x = np.repeat(self._window_of(st, src, first, n_in), op.size, axis=1)
         idx = (start - first * op.size)[:, None] + np.arange(p.width)[None, :]
         return _State(tile=np.take_along_axis(x, idx[:, :, None], axis=1), start=start)
+
+    @staticmethod
+    def _shared(src: str, tile: np.ndarray, states) -> bool:
+        """Whether a node other than ``src`` holds ``tile`` too (a crop on
+        the same window passes its input's tile on)."""
+        return any(k != src and st.tile is tile for k, st in states.items())
+
+    def _add_in_place(self, name, node, start, width, states) -> _State | None:
+        """``a + b`` into the tile of an input that nothing reads after this
+        node and that lies on this node's windows (addition of two operands
+        commutes exactly, so either may be the one written)."""
+        for k in (0, 1):
+            src, other = node.inputs[k], node.inputs[1 - k]
+            st = states.get(src)
+            if (
+                src == other
+                or st is None
+                or st.tile is None
+                or st.tile.shape[1] != width
+                or self.plan.last_use.get(src) != name
+                or src in self.graph.outputs
+                or not np.array_equal(st.start, start)
+                or self._shared(src, st.tile, states)
+            ):
+                continue
+            ot = states.get(other)
+            has_tile = ot is not None and ot.tile is not None
+            kernels.gather_add(
+                st.tile,
+                ot.tile if has_tile else None,
+                ot.start if has_tile else None,
+                self.refs[other],
+                self.seq,
+                start,
+            )
+            return _State(tile=st.tile, start=start)
+        return None
 
     def _conv(self, name, node, p, start, states) -> np.ndarray:
         op: ops.Conv1D = node.op
@@ -435,9 +508,12 @@ class _Chunk:
         # to the reference output window
         w_in = sp.width
         delta = self._change(src, st)
+        relu = name in self.prep.relu_after
         if "per_tap" in info:
             out = self._ref_window(name, start, p.width)
-            self._add_per_tap(out, start, delta, st.start, info["per_tap"], op, info)
+            self._add_per_tap(
+                out, start, delta, st.start, info["per_tap"], op, info, relu
+            )
             self.pool.put(delta)
             return out
         flat = delta.reshape(n_mut * w_in, -1)
@@ -461,15 +537,18 @@ class _Chunk:
             info["left"],
             op.stride,
             op.dilation,
+            relu,
         )
         self.pool.put(taps)
         return out
 
-    def _add_per_tap(self, out, out_start, delta, in_start, kernel, op, info):
+    def _add_per_tap(self, out, out_start, delta, in_start, kernel, op, info, relu):
         """``out += conv(delta)`` on each mutant's window, one GEMM per tap
-        over the input rows whose product lands in the window (stride 1)."""
+        over the input rows whose product lands in the window (stride 1);
+        with ``relu``, each mutant's window then clamped while in cache."""
         width, w_in = out.shape[1], delta.shape[1]
         tmp = self._buf(w_in, op.n_filters)
+        zero = out.dtype.type(0)
         for m in range(len(out)):
             # input row in_start + j lands on output row in_start + j + left - k * d
             shift = int(in_start[m]) - int(out_start[m]) + info["left"]
@@ -481,6 +560,8 @@ class _Chunk:
                 rows = slice(o_first + j0, o_first + j1)
                 prod = np.matmul(delta[m, j0:j1], kernel[k], out=tmp[: j1 - j0])
                 np.add(out[m, rows], prod, out=out[m, rows])
+            if relu:
+                np.maximum(out[m], zero, out=out[m])
         self.pool.put(tmp)
 
     def _full_node(self, name, node, p, states) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "gather",
+    "gather_add",
     "change",
     "change_sum",
     "col2im_add",
@@ -96,6 +97,41 @@ def gather(
 
 
 @numba.njit(**_OPTS)
+def _gather_add(out, tile, tile_start, ref, seq, start):
+    n_mut, width, n_ch = out.shape
+    t_width = tile.shape[1]
+    length = ref.shape[1]
+    for m in range(n_mut):
+        s = seq[m]
+        t0 = tile_start[m]
+        for j in range(width):
+            p = start[m] + j
+            if t0 <= p < t0 + t_width:
+                for c in range(n_ch):
+                    out[m, j, c] += tile[m, p - t0, c]
+            elif 0 <= p < length:
+                for c in range(n_ch):
+                    out[m, j, c] += ref[s, p, c]
+
+
+def gather_add(
+    out: np.ndarray,
+    tile: np.ndarray | None,
+    tile_start: np.ndarray | None,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    start: np.ndarray,
+) -> np.ndarray:
+    """``out += gather(tile, tile_start, ref, seq, start, width)`` without the
+    gathered array (rows outside the node add nothing)."""
+    if tile is None:
+        tile = np.empty((len(seq), 0, ref.shape[2]), dtype=ref.dtype)
+        tile_start = start
+    _gather_add(out, np.ascontiguousarray(tile), tile_start, ref, seq, start)
+    return out
+
+
+@numba.njit(**_OPTS)
 def _change(tile, tile_start, ref, seq, out):
     n_mut, width, n_ch = tile.shape
     length = ref.shape[1]
@@ -155,7 +191,7 @@ def change_sum(
 
 
 @numba.njit(**_OPTS)
-def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation):
+def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu):
     n_mut, width, n_ch = out.shape
     n_in, n_taps = taps.shape[1], taps.shape[2]
     for m in range(n_mut):
@@ -179,6 +215,10 @@ def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation
                         if 0 <= j < n_in:
                             acc += taps[m, j, k, c]
                     out[m, o, c] = acc
+            if relu:  # as np.maximum(x, 0): NaN and -0.0 stay
+                for c in range(n_ch):
+                    if out[m, o, c] < 0:
+                        out[m, o, c] = 0
 
 
 def col2im_ref(
@@ -191,11 +231,13 @@ def col2im_ref(
     left: int,
     stride: int,
     dilation: int,
+    relu: bool = False,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
     input rows: :func:`gather` of the reference then :func:`col2im_add`, in
-    one pass that writes each output row once (same sums, same order)."""
-    _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation)
+    one pass that writes each output row once (same sums, same order); with
+    ``relu``, each row then clamped at zero while in cache."""
+    _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu)
     return out
 
 
