@@ -317,14 +317,15 @@ def _conv_costs(op: ops.Conv1D, cin: int, w_in: int, w_out: int) -> tuple[float,
 
 def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
     """Mean FLOPs per mutant of a stride-1 delta convolution run one tap at a
-    time on only the input rows whose product lands in the output window."""
+    time on only the changed input rows whose product lands in the output
+    window."""
     left = conv_padding(src.shape[0], op.kernel_size, 1, op.dilation, op.padding)[0]
     shift = src.start - p.start + left  # input row j lands on shift + j - k * d
     rows = np.zeros(len(shift))
     for k in range(op.kernel_size):
         first = shift - k * op.dilation
-        j0 = np.maximum(0, -first)
-        j1 = np.minimum(src.width, p.width - first)
+        j0 = np.maximum(np.maximum(0, -first), src.lo - src.start)
+        j1 = np.minimum(np.minimum(src.width, p.width - first), src.hi - src.start)
         rows += np.maximum(j1 - j0, 0)
     mean = float(rows.mean()) if len(rows) else 0.0
     return 2.0 * mean * cin * op.n_filters

@@ -511,8 +511,11 @@ class _Chunk:
         relu = name in self.prep.relu_after
         if "per_tap" in info:
             out = self._ref_window(name, start, p.width)
+            # Only rows the mutation can change have a non-zero change.
+            pos = self.pos_idx
+            rows = (sp.lo[pos] - st.start, sp.hi[pos] - st.start)
             self._add_per_tap(
-                out, start, delta, st.start, info["per_tap"], op, info, relu
+                out, start, delta, st.start, rows, info["per_tap"], op, info, relu
             )
             self.pool.put(delta)
             return out
@@ -542,10 +545,13 @@ class _Chunk:
         self.pool.put(taps)
         return out
 
-    def _add_per_tap(self, out, out_start, delta, in_start, kernel, op, info, relu):
+    def _add_per_tap(
+        self, out, out_start, delta, in_start, changed, kernel, op, info, relu
+    ):
         """``out += conv(delta)`` on each mutant's window, one GEMM per tap
-        over the input rows whose product lands in the window (stride 1);
-        with ``relu``, each mutant's window then clamped while in cache."""
+        over the changed input rows (``changed``: per mutant, first and end
+        row in ``delta``) whose product lands in the window (stride 1); with
+        ``relu``, each mutant's window then clamped while in cache."""
         width, w_in = out.shape[1], delta.shape[1]
         tmp = self._buf(w_in, op.n_filters)
         zero = out.dtype.type(0)
@@ -554,7 +560,8 @@ class _Chunk:
             shift = int(in_start[m]) - int(out_start[m]) + info["left"]
             for k in range(op.kernel_size):
                 o_first = shift - k * op.dilation
-                j0, j1 = max(0, -o_first), min(w_in, width - o_first)
+                j0 = max(0, -o_first, int(changed[0][m]))
+                j1 = min(w_in, width - o_first, int(changed[1][m]))
                 if j1 <= j0:
                     continue
                 rows = slice(o_first + j0, o_first + j1)
