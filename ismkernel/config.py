@@ -34,6 +34,10 @@ CPU_MEMORY_BYTES = 1024 * 2**20
 #: outside the window or on padding are computed.
 CPU_TAPS_BYTES = 256 * 2**10
 
+#: ... provided the changed input window has at least this many rows: each
+#: per-tap GEMM is one mutant's rows, too few of which leave BLAS idle.
+CPU_PER_TAP_MIN_ROWS = 128
+
 #: Bytes of tiles one thread's chunk of mutants aims to keep in cache; the
 #: default chunk size follows from it and the plan's bytes per mutant.
 CPU_CHUNK_BYTES = 16 * 2**20

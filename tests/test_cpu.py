@@ -165,7 +165,10 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
 @contextlib.contextmanager
 def _per_tap_everywhere():
     """Every stride-1 delta convolution runs one GEMM per tap."""
-    with mock.patch.object(config, "CPU_TAPS_BYTES", 0):
+    with (
+        mock.patch.object(config, "CPU_TAPS_BYTES", 0),
+        mock.patch.object(config, "CPU_PER_TAP_MIN_ROWS", 0),
+    ):
         yield
 
 

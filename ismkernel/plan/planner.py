@@ -559,6 +559,7 @@ def _cost(
                 op.groups == 1
                 and op.stride == 1
                 and taps_bytes >= config.CPU_TAPS_BYTES
+                and src.width >= config.CPU_PER_TAP_MIN_ROWS
             ):
                 p.strategy = "delta-per-tap"
                 p.flops_plan = _per_tap_flops(op, cin, src, p)
