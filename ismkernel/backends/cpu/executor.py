@@ -458,7 +458,9 @@ class _Chunk:
             ):
                 continue
             ot = states.get(other)
-            has_tile = ot is not None and ot.tile is not None
+            if ot is not None and ot.tile is None:
+                return None  # not a window of rows (the planner never asks)
+            has_tile = ot is not None
             kernels.gather_add(
                 st.tile,
                 ot.tile if has_tile else None,
