@@ -158,7 +158,7 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
 
     acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
     want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
-    kernels.gather_add(acc, tile, in_start, ref, seq, out_start)
+    kernels.gather(tile, in_start, ref, seq, out_start, width, out=acc, add=True)
     np.testing.assert_array_equal(acc, want)
 
 

@@ -461,13 +461,15 @@ class _Chunk:
             if ot is not None and ot.tile is None:
                 return None  # not a window of rows (the planner never asks)
             has_tile = ot is not None
-            kernels.gather_add(
-                st.tile,
+            kernels.gather(
                 ot.tile if has_tile else None,
                 ot.start if has_tile else None,
                 self.refs[other],
                 self.seq,
                 start,
+                width,
+                out=st.tile,
+                add=True,
             )
             return _State(tile=st.tile, start=start)
         return None

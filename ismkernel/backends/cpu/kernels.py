@@ -16,7 +16,6 @@ import numpy as np
 
 __all__ = [
     "gather",
-    "gather_add",
     "change",
     "change_sum",
     "col2im_add",
@@ -30,7 +29,7 @@ _OPTS = dict(cache=True, nogil=True, fastmath=False)
 
 
 @numba.njit(**_OPTS)
-def _gather(tile, tile_start, ref, seq, start, out, pad):
+def _gather(tile, tile_start, ref, seq, start, out, pad, add):
     n_mut, width, n_ch = out.shape
     t_width = tile.shape[1]
     length = ref.shape[1]
@@ -40,14 +39,19 @@ def _gather(tile, tile_start, ref, seq, start, out, pad):
         for j in range(width):
             p = start[m] + j
             if t0 <= p < t0 + t_width:
-                for c in range(n_ch):
-                    out[m, j, c] = tile[m, p - t0, c]
+                row = tile[m, p - t0]
             elif 0 <= p < length:
-                for c in range(n_ch):
-                    out[m, j, c] = ref[s, p, c]
+                row = ref[s, p]
             else:
                 for c in range(n_ch):
-                    out[m, j, c] = pad
+                    out[m, j, c] = out[m, j, c] + pad if add else pad
+                continue
+            if add:
+                for c in range(n_ch):
+                    out[m, j, c] += row[c]
+            else:
+                for c in range(n_ch):
+                    out[m, j, c] = row[c]
 
 
 def gather(
@@ -59,8 +63,10 @@ def gather(
     width: int,
     pad: float = 0.0,
     out: np.ndarray | None = None,
+    add: bool = False,
 ) -> np.ndarray:
-    """Rows ``[start[m], start[m] + width)`` of each mutant's values.
+    """Rows ``[start[m], start[m] + width)`` of each mutant's values (with
+    ``add``, added to ``out`` instead of written: no gathered array).
 
     Parameters
     ----------
@@ -92,42 +98,8 @@ def gather(
         start,
         out,
         ref.dtype.type(pad),
+        add,
     )
-    return out
-
-
-@numba.njit(**_OPTS)
-def _gather_add(out, tile, tile_start, ref, seq, start):
-    n_mut, width, n_ch = out.shape
-    t_width = tile.shape[1]
-    length = ref.shape[1]
-    for m in range(n_mut):
-        s = seq[m]
-        t0 = tile_start[m]
-        for j in range(width):
-            p = start[m] + j
-            if t0 <= p < t0 + t_width:
-                for c in range(n_ch):
-                    out[m, j, c] += tile[m, p - t0, c]
-            elif 0 <= p < length:
-                for c in range(n_ch):
-                    out[m, j, c] += ref[s, p, c]
-
-
-def gather_add(
-    out: np.ndarray,
-    tile: np.ndarray | None,
-    tile_start: np.ndarray | None,
-    ref: np.ndarray,
-    seq: np.ndarray,
-    start: np.ndarray,
-) -> np.ndarray:
-    """``out += gather(tile, tile_start, ref, seq, start, width)`` without the
-    gathered array (rows outside the node add nothing)."""
-    if tile is None:
-        tile = np.empty((len(seq), 0, ref.shape[2]), dtype=ref.dtype)
-        tile_start = start
-    _gather_add(out, np.ascontiguousarray(tile), tile_start, ref, seq, start)
     return out
 
 
