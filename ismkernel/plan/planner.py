@@ -42,7 +42,7 @@ from ismkernel.plan.intervals import (
     hull,
 )
 
-__all__ = ["NodePlan", "Plan", "build_plan", "concrete_shapes"]
+__all__ = ["NodePlan", "Plan", "build_plan", "concrete_shapes", "per_tap_rows"]
 
 _LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
 _POINTWISE = (
@@ -315,19 +315,40 @@ def _conv_costs(op: ops.Conv1D, cin: int, w_in: int, w_out: int) -> tuple[float,
     return delta, window, delta_cost, window_cost
 
 
+def per_tap_rows(
+    op: ops.Conv1D,
+    left: int,
+    in_start: np.ndarray,
+    in_width: int,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    out_start: np.ndarray,
+    out_width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of a stride-1 ``delta-per-tap`` convolution, per tap and mutant.
+
+    Input row ``in_start + j`` of the input window times tap ``k`` lands on
+    output window row ``first[k] + j``. Returns ``first``, ``j0``, ``j1``,
+    each ``(kernel_size, n)``: ``[j0, j1)`` are the input window rows that
+    can change (``[lo, hi)``) and whose product lands in the output window.
+    """
+    shift = in_start - out_start + left
+    first = shift[None, :] - op.dilation * np.arange(op.kernel_size)[:, None]
+    j0 = np.maximum(np.maximum(0, -first), (lo - in_start)[None, :])
+    j1 = np.minimum(np.minimum(in_width, out_width - first), (hi - in_start)[None, :])
+    return first, j0, j1
+
+
 def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
     """Mean FLOPs per mutant of a stride-1 delta convolution run one tap at a
     time on only the changed input rows whose product lands in the output
     window."""
     left = conv_padding(src.shape[0], op.kernel_size, 1, op.dilation, op.padding)[0]
-    shift = src.start - p.start + left  # input row j lands on shift + j - k * d
-    rows = np.zeros(len(shift))
-    for k in range(op.kernel_size):
-        first = shift - k * op.dilation
-        j0 = np.maximum(np.maximum(0, -first), src.lo - src.start)
-        j1 = np.minimum(np.minimum(src.width, p.width - first), src.hi - src.start)
-        rows += np.maximum(j1 - j0, 0)
-    mean = float(rows.mean()) if len(rows) else 0.0
+    _, j0, j1 = per_tap_rows(
+        op, left, src.start, src.width, src.lo, src.hi, p.start, p.width
+    )
+    rows = np.maximum(j1 - j0, 0).sum(axis=0)
+    mean = float(rows.mean()) if rows.size else 0.0
     return 2.0 * mean * cin * op.n_filters
 
 

@@ -11,7 +11,6 @@ one per thread, each thread with serial kernels and single-threaded BLAS.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import math
 import threading
@@ -27,7 +26,7 @@ from ismkernel.backends.cpu import kernels
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
 from ismkernel.ir import nodes as ops
 from ismkernel.plan import Plan, build_plan
-from ismkernel.plan.planner import is_row_local
+from ismkernel.plan.planner import is_row_local, per_tap_rows
 
 __all__ = ["cpu_ism", "CpuRun"]
 
@@ -153,16 +152,13 @@ class _Prepared:
         # A plain ReLU that is the only reader of a delta convolution, on the
         # same windows, is applied by the convolution while each row is in
         # cache; the ReLU node then passes the tile on.
-        readers: dict[str, list[str]] = {}
-        for name, node in graph.nodes.items():
-            for src in node.inputs:
-                readers.setdefault(src, []).append(name)
+        readers = graph.consumers()
         self.relu_after: set[str] = set()  # convolutions that apply the ReLU
         self.relu_done: set[str] = set()  # ReLU nodes they apply
         outputs = set(graph.outputs)
         for name in graph.nodes:
             p = plan.nodes[name]
-            after = readers.get(name, [])
+            after = readers[name]
             if (
                 p.strategy in ("delta", "delta-per-tap")
                 and len(after) == 1
@@ -517,10 +513,10 @@ class _Chunk:
             out = self._ref_window(name, start, p.width)
             # Only rows the mutation can change have a non-zero change.
             pos = self.pos_idx
-            rows = (sp.lo[pos] - st.start, sp.hi[pos] - st.start)
-            self._add_per_tap(
-                out, start, delta, st.start, rows, info["per_tap"], op, info, relu
+            rows = per_tap_rows(
+                op, info["left"], st.start, w_in, sp.lo[pos], sp.hi[pos], start, p.width
             )
+            self._add_per_tap(out, delta, rows, info["per_tap"], relu)
             self.pool.put(delta)
             return out
         flat = delta.reshape(n_mut * w_in, -1)
@@ -549,28 +545,21 @@ class _Chunk:
         self.pool.put(taps)
         return out
 
-    def _add_per_tap(
-        self, out, out_start, delta, in_start, changed, kernel, op, info, relu
-    ):
-        """``out += conv(delta)`` on each mutant's window, one GEMM per tap
-        over the changed input rows (``changed``: per mutant, first and end
-        row in ``delta``) whose product lands in the window (stride 1); with
+    def _add_per_tap(self, out, delta, rows, kernel, relu):
+        """``out += conv(delta)`` on each mutant's window, one GEMM per tap on
+        the input rows of :func:`~ismkernel.plan.planner.per_tap_rows`; with
         ``relu``, each mutant's window then clamped while in cache."""
-        width, w_in = out.shape[1], delta.shape[1]
-        tmp = self._buf(w_in, op.n_filters)
+        tmp = self._buf(delta.shape[1], kernel.shape[2])
         zero = out.dtype.type(0)
+        first, j0, j1 = (r.tolist() for r in rows)
         for m in range(len(out)):
-            # input row in_start + j lands on output row in_start + j + left - k * d
-            shift = int(in_start[m]) - int(out_start[m]) + info["left"]
-            for k in range(op.kernel_size):
-                o_first = shift - k * op.dilation
-                j0 = max(0, -o_first, int(changed[0][m]))
-                j1 = min(w_in, width - o_first, int(changed[1][m]))
-                if j1 <= j0:
+            for k in range(len(kernel)):
+                a, b = j0[k][m], j1[k][m]
+                if b <= a:
                     continue
-                rows = slice(o_first + j0, o_first + j1)
-                prod = np.matmul(delta[m, j0:j1], kernel[k], out=tmp[: j1 - j0])
-                np.add(out[m, rows], prod, out=out[m, rows])
+                o = slice(first[k][m] + a, first[k][m] + b)
+                prod = np.matmul(delta[m, a:b], kernel[k], out=tmp[: b - a])
+                np.add(out[m, o], prod, out=out[m, o])
             if relu:
                 np.maximum(out[m], zero, out=out[m])
         self.pool.put(tmp)
@@ -627,15 +616,13 @@ def default_threads() -> int:
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
-@contextlib.contextmanager
-def _blas_threads(n: int):
-    """BLAS limited to ``n`` threads inside (one per worker thread: the
-    workers are the parallelism, and BLAS threads that spin after a call
-    would steal their cores)."""
+def _blas_threads(n: int | None):
+    """BLAS limited to ``n`` threads (None: as it was) inside a ``with``: one
+    per worker thread, as the workers are the parallelism and BLAS threads
+    that spin after a call would steal their cores."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def cpu_ism(

@@ -2,11 +2,11 @@
 
 The kernels are serial and release the GIL: the executor runs one chunk of
 mutants per thread, each thread with its own kernels and single-threaded BLAS
-calls, so no two thread pools compete for the cores. Every kernel takes per-mutant index arrays (int64) and writes into arrays the
-caller allocates, so it compiles once per dtype. A *window* of a node for
-mutant ``m`` is rows ``[start[m], start[m] + width)`` of its output; a *tile*
-holds the mutant's values on its window, and the reference (per sequence)
-holds every row.
+calls, so no two thread pools compete for the cores. Every kernel takes
+per-mutant index arrays (int64) and writes into arrays the caller allocates,
+so it compiles once per dtype. A *window* of a node for mutant ``m`` is rows
+``[start[m], start[m] + width)`` of its output; a *tile* holds the mutant's
+values on its window, and the reference (per sequence) holds every row.
 """
 
 from __future__ import annotations
