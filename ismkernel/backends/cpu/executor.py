@@ -616,10 +616,10 @@ def default_threads() -> int:
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
-def _blas_threads(n: int | None):
-    """BLAS limited to ``n`` threads (None: as it was) inside a ``with``: one
-    per worker thread, as the workers are the parallelism and BLAS threads
-    that spin after a call would steal their cores."""
+def _blas_threads(n: int):
+    """BLAS limited to ``n`` threads inside a ``with``: one per worker thread,
+    as the workers are the parallelism and BLAS threads that spin after a
+    call would steal their cores."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n, user_api="blas")
@@ -651,7 +651,9 @@ def cpu_ism(
         Mutants per chunk; default from the budget.
     threads : int, optional
         Chunks computed at once, one per thread (default
-        :func:`default_threads`). Results do not depend on it.
+        :func:`default_threads`). Every chunk is computed the same way on any
+        thread, so results depend on it only where the memory budget, shared
+        by the threads, makes the default chunk smaller.
     """
     dtype = feeds[seq_index].dtype
     x = feeds[seq_index]
@@ -724,9 +726,7 @@ def cpu_ism(
                 outputs[k][b0:b1] = refs[name][:, None, None]
             s_i, p_i, a_i = np.nonzero(~same[b0:b1])
             run.n_mutants += len(s_i)
-            # Every thread gets work, however few the mutants.
-            step = min(chunk, max(1, -(-len(s_i) // n_threads)))
-            with _blas_threads(1 if n_threads > 1 else None):
+            with _blas_threads(1):
                 futures = [
                     workers.submit(
                         work,
@@ -734,11 +734,11 @@ def cpu_ism(
                         extras,
                         x[b0:b1],
                         b0,
-                        s_i[c0 : c0 + step],
-                        p_i[c0 : c0 + step],
-                        a_i[c0 : c0 + step],
+                        s_i[c0 : c0 + chunk],
+                        p_i[c0 : c0 + chunk],
+                        a_i[c0 : c0 + chunk],
                     )
-                    for c0 in range(0, len(s_i), step)
+                    for c0 in range(0, len(s_i), chunk)
                 ]
                 try:
                     for fut in concurrent.futures.as_completed(futures):
