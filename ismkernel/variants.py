@@ -94,14 +94,13 @@ def _score_windows(
     ``(n, 4, *out)`` of windows ``x`` (IR layout), per model output; with
     ``rc``, averaged with the reverse-complement windows. ``how``: the
     backend options of :func:`ismkernel.ism`."""
-    kw = how
     eye = np.eye(4, dtype=np.float32)
     fwd = ism(
         model,
         _from_ir(x, model.input_perms[0], 1),
         positions=[center],
         alternatives=eye,
-        **kw,
+        **how,
     )
     refs = list(fwd.reference)
     muts = [o[:, 0] for o in fwd.outputs]
@@ -115,7 +114,7 @@ def _score_windows(
             _from_ir(x_rc, model.input_perms[0], 1),
             positions=[length - 1 - center],
             alternatives=eye[::-1],  # row b holds the complement of base b
-            **kw,
+            **how,
         )
         axes = model.output_axes
         for k in range(len(refs)):
