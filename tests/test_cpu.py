@@ -159,11 +159,57 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
         got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu=True
     )
     np.testing.assert_array_equal(got, np.maximum(want, 0))
+    # the same products laid out rows last: the same sums in the same order
+    taps_t = np.ascontiguousarray(taps.transpose(0, 2, 3, 1))
+    for relu in (False, True):
+        kernels.col2im_ref(
+            got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu
+        )
+        got_t = np.full_like(got, np.nan)
+        kernels.col2im_ref_t(
+            got_t, ref, seq, out_start, taps_t, in_start, left, stride, dilation, relu
+        )
+        np.testing.assert_array_equal(got_t, got)
 
     acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
     want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
     kernels.gather(tile, in_start, ref, seq, out_start, width, out=acc, add=True)
     np.testing.assert_array_equal(acc, want)
+
+
+def test_relu_kernel_is_np_maximum():
+    from ismkernel.backends.cpu import kernels
+
+    special = [np.nan, -np.nan, -np.inf, np.inf, -0.0, 0.0, -1.5, 2.5, -1e-45]
+    for dtype in (np.float32, np.float64):
+        x = np.array(special * 3, dtype=dtype).reshape(3, -1)
+        want = np.maximum(x, 0)
+        got = kernels.relu(x.copy())
+        np.testing.assert_array_equal(got, want)  # NaN where NaN, equal values
+        strided = x.copy()[:, ::2]  # not contiguous: still in place
+        assert kernels.relu(strided) is strided
+        np.testing.assert_array_equal(strided, want[:, ::2])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_parts_equals_adding_part_by_part(relu):
+    from ismkernel.backends.cpu import kernels
+
+    rng = np.random.default_rng(3)
+    width, n_ch = 40, 16
+    out = rng.standard_normal((width, n_ch)).astype(np.float32)
+    parts = rng.standard_normal((3, 30, n_ch)).astype(np.float32)
+    offset = np.array([-5, 10, 25])  # reaching past both ends of the window
+    count = np.array([12, 30, 15])
+    want = out.copy()
+    for k in range(3):
+        rows = np.arange(count[k]) + offset[k]
+        keep = (rows >= 0) & (rows < width)
+        want[rows[keep]] += parts[k, : count[k]][keep]
+    if relu:
+        want = np.maximum(want, 0)
+    got = kernels.add_parts(out, parts, offset, count, relu)
+    np.testing.assert_array_equal(got, want)
 
 
 @contextlib.contextmanager
@@ -237,6 +283,9 @@ def test_convolutions_apply_the_relu_that_follows_them():
     plan = build_plan(g, g.inputs[0], {g.inputs[0]: shape}, np.arange(shape[0]))
     prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
     assert prep.relu_after and len(prep.relu_after) == len(prep.relu_done)
+    # and its profile head (few output channels) lays its products out rows
+    # last (kernels.col2im_ref_t)
+    assert any("mats_t" in info for info in prep.conv.values())
     # (its ISM equals the reference's: test_cpu_equals_reference_on_every_fixture)
 
 

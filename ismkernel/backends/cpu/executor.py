@@ -127,6 +127,13 @@ class _Prepared:
                 info = dict(left=left, mats=mats, cg=cg, fg=fg)
                 if p.strategy == "delta-per-tap":
                     info["per_tap"] = np.ascontiguousarray(kernel)
+                if (
+                    p.strategy == "delta"
+                    and op.groups == 1
+                    and op.n_filters < kernels.FEW_CHANNELS
+                ):
+                    # products laid out (tap, channel, row): see col2im_ref_t
+                    info["mats_t"] = np.ascontiguousarray(mats[0].T)
                 if p.strategy == "lookup":
                     info["alt_taps"] = (alternatives @ mats[0]).reshape(
                         len(alternatives), op.kernel_size, op.n_filters
@@ -201,11 +208,10 @@ def _plain_relu(op) -> bool:
 def _in_place(node: Node, x: np.ndarray) -> bool:
     """Apply the cheap pointwise ops in place on a tile nobody reads after."""
     op = node.op
-    t = x.dtype.type
     if isinstance(op, ops.Activation) and op.fn == "linear":
         return True
     if _plain_relu(op):
-        np.maximum(x, t(0), out=x)
+        kernels.relu(x)
         return True
     if isinstance(op, ops.ChannelAffine):
         np.multiply(x, node.weights["scale"].astype(x.dtype, copy=False), out=x)
@@ -519,6 +525,24 @@ class _Chunk:
             self._add_per_tap(out, delta, rows, info["per_tap"], relu)
             self.pool.put(delta)
             return out
+        if "mats_t" in info:
+            taps = self._buf(n_mut, op.kernel_size * op.n_filters, w_in)
+            np.matmul(info["mats_t"], delta.transpose(0, 2, 1), out=taps)
+            self.pool.put(delta)
+            out = kernels.col2im_ref_t(
+                self._buf(n_mut, p.width, op.n_filters),
+                self.refs[name],
+                self.seq,
+                start,
+                taps.reshape(n_mut, op.kernel_size, op.n_filters, w_in),
+                st.start,
+                info["left"],
+                op.stride,
+                op.dilation,
+                relu,
+            )
+            self.pool.put(taps)
+            return out
         flat = delta.reshape(n_mut * w_in, -1)
         cg, fg = info["cg"], info["fg"]
         taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
@@ -547,22 +571,20 @@ class _Chunk:
 
     def _add_per_tap(self, out, delta, rows, kernel, relu):
         """``out += conv(delta)`` on each mutant's window, one GEMM per tap on
-        the input rows of :func:`~ismkernel.plan.planner.per_tap_rows`; with
-        ``relu``, each mutant's window then clamped while in cache."""
-        tmp = self._buf(delta.shape[1], kernel.shape[2])
-        zero = out.dtype.type(0)
-        first, j0, j1 = (r.tolist() for r in rows)
+        the input rows of :func:`~ismkernel.plan.planner.per_tap_rows`, the
+        products then added (and with ``relu`` clamped) in one pass while in
+        cache."""
+        first, j0, j1 = rows
+        count = np.maximum(j1 - j0, 0)
+        offset = first + j0
+        parts = self._buf(len(kernel), delta.shape[1], kernel.shape[2])
         for m in range(len(out)):
             for k in range(len(kernel)):
-                a, b = j0[k][m], j1[k][m]
-                if b <= a:
-                    continue
-                o = slice(first[k][m] + a, first[k][m] + b)
-                prod = np.matmul(delta[m, a:b], kernel[k], out=tmp[: b - a])
-                np.add(out[m, o], prod, out=out[m, o])
-            if relu:
-                np.maximum(out[m], zero, out=out[m])
-        self.pool.put(tmp)
+                a, n = j0[k, m], count[k, m]
+                if n:
+                    np.matmul(delta[m, a : a + n], kernel[k], out=parts[k, :n])
+            kernels.add_parts(out[m], parts, offset[:, m], count[:, m], relu)
+        self.pool.put(parts)
 
     def _full_node(self, name, node, p, states) -> np.ndarray:
         if p.strategy == "flatten-dense":

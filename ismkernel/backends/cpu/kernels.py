@@ -20,12 +20,43 @@ __all__ = [
     "change_sum",
     "col2im_add",
     "col2im_ref",
+    "col2im_ref_t",
+    "add_parts",
+    "relu",
     "pool_window",
     "lookup_add",
     "unchanged",
 ]
 
 _OPTS = dict(cache=True, nogil=True, fastmath=False)
+
+#: Output channels below which a convolution's products are laid out rows
+#: last (:func:`col2im_ref_t`): too few channels to vectorise over.
+FEW_CHANNELS = 8
+
+
+@numba.njit(inline="always", **_OPTS)
+def _relu1(v):
+    # max(v, 0) with NaN kept, as np.maximum. The "+ 0" makes the store
+    # unconditional: a store under a condition compiles to a masked vector
+    # store, which some CPUs (AMD Zen) run several times slower.
+    z = type(v)(0)
+    return (z if v < z else v) + z
+
+
+@numba.njit(**_OPTS)
+def _relu(flat):
+    for i in range(flat.size):
+        flat[i] = _relu1(flat[i])
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """``np.maximum(x, 0, out=x)`` for a contiguous ``x``, at the speed of a copy."""
+    if x.flags.c_contiguous:
+        _relu(x.reshape(-1))
+    else:
+        np.maximum(x, x.dtype.type(0), out=x)
+    return x
 
 
 @numba.njit(**_OPTS)
@@ -171,7 +202,7 @@ def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation
         for o in range(width):
             row = out_start[m] + o
             first = row * stride - left - in_start[m]
-            if n_ch >= 8:  # vector over channels
+            if n_ch >= FEW_CHANNELS:  # vector over channels
                 for c in range(n_ch):
                     out[m, o, c] = ref[s, row, c]
                 for k in range(n_taps):
@@ -187,10 +218,9 @@ def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation
                         if 0 <= j < n_in:
                             acc += taps[m, j, k, c]
                     out[m, o, c] = acc
-            if relu:  # as np.maximum(x, 0): NaN and -0.0 stay
+            if relu:
                 for c in range(n_ch):
-                    if out[m, o, c] < 0:
-                        out[m, o, c] = 0
+                    out[m, o, c] = _relu1(out[m, o, c])
 
 
 def col2im_ref(
@@ -210,6 +240,90 @@ def col2im_ref(
     one pass that writes each output row once (same sums, same order); with
     ``relu``, each row then clamped at zero while in cache."""
     _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu)
+    return out
+
+
+@numba.njit(**_OPTS)
+def _col2im_ref_t(
+    out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu, acc
+):
+    n_mut, width, n_ch = out.shape
+    n_taps, n_in = taps.shape[1], taps.shape[3]
+    for m in range(n_mut):
+        s = seq[m]
+        o0 = out_start[m]
+        for c in range(n_ch):
+            for o in range(width):
+                acc[o] = ref[s, o0 + o, c]
+            for k in range(n_taps):
+                # input row j = o * stride + base of output row o0 + o
+                base = o0 * stride - left + k * dilation - in_start[m]
+                lo = max(0, -(base // stride))
+                hi = min(width, (n_in - base + stride - 1) // stride)
+                if hi <= lo:
+                    continue
+                # (views from index 0: no negative-index wrapping, so the
+                # contiguous stride-1 run vectorises)
+                dst = acc[lo:hi]
+                src = taps[m, k, c, lo * stride + base :]
+                if stride == 1:
+                    for i in range(hi - lo):
+                        dst[i] += src[i]
+                else:
+                    for i in range(hi - lo):
+                        dst[i] += src[i * stride]
+            for o in range(width):
+                out[m, o, c] = _relu1(acc[o]) if relu else acc[o]
+
+
+def col2im_ref_t(
+    out: np.ndarray,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    out_start: np.ndarray,
+    taps: np.ndarray,
+    in_start: np.ndarray,
+    left: int,
+    stride: int,
+    dilation: int,
+    relu: bool = False,
+) -> np.ndarray:
+    """:func:`col2im_ref` with the products laid out ``taps[m, k, c, j]``
+    (input rows last), for convolutions with few output channels: each tap's
+    contribution to a channel is then one contiguous run of rows, added in
+    the same order as :func:`col2im_ref` adds them."""
+    acc = np.empty(out.shape[1], dtype=out.dtype)
+    _col2im_ref_t(
+        out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu, acc
+    )
+    return out
+
+
+@numba.njit(**_OPTS)
+def _add_parts(out, parts, offset, count, relu):
+    width, n_ch = out.shape
+    for o in range(width):
+        for k in range(parts.shape[0]):
+            i = o - offset[k]
+            if 0 <= i < count[k]:
+                for c in range(n_ch):
+                    out[o, c] += parts[k, i, c]
+        if relu:
+            for c in range(n_ch):
+                out[o, c] = _relu1(out[o, c])
+
+
+def add_parts(
+    out: np.ndarray,
+    parts: np.ndarray,
+    offset: np.ndarray,
+    count: np.ndarray,
+    relu: bool = False,
+) -> np.ndarray:
+    """``out[offset[k] + i] += parts[k, i]`` for ``i < count[k]``, for each
+    part ``k`` in order, then with ``relu`` each row clamped at zero: the
+    per-tap products of one mutant's window, in one pass over its rows."""
+    _add_parts(out, parts, offset, count, relu)
     return out
 
 
@@ -256,6 +370,7 @@ def _pool_window(
     n_mut, width, n_ch = out.shape
     t_width = tile.shape[1]
     length = ref.shape[1]
+    zero = out.dtype.type(0)
     for m in range(n_mut):
         s = seq[m]
         t0 = tile_start[m]
@@ -273,10 +388,10 @@ def _pool_window(
                 if count == 0:
                     for c in range(n_ch):
                         out[m, j, c] = row[c]
-                elif is_max:
+                elif is_max:  # "+ 0": an unconditional store, as in _relu1
                     for c in range(n_ch):
-                        if row[c] > out[m, j, c]:
-                            out[m, j, c] = row[c]
+                        v, o = row[c], out[m, j, c]
+                        out[m, j, c] = (v if v > o else o) + zero
                 else:
                     for c in range(n_ch):
                         out[m, j, c] += row[c]
