@@ -699,14 +699,15 @@ def cpu_ism(
     block = int(max(1, min(n_seqs, (budget // 4) // max(ref_per_seq, 1))))
     per_mutant = max(plan.peak_bytes_per_mutant(), 1)
     tile_budget = max(budget - block * ref_per_seq, 0) // n_threads
-    # A thread's chunk keeps its tiles about cache-sized, within the budget.
+    # A thread's chunk keeps its tiles about cache-sized, but holds enough
+    # mutants to pay for its per-node overheads, within the budget.
     chunk = chunk_size or int(
         max(
             1,
             min(
                 config.CPU_MAX_CHUNK,
                 tile_budget // (2 * per_mutant),
-                max(4, config.CPU_CHUNK_BYTES // per_mutant),
+                max(config.CPU_MIN_CHUNK, config.CPU_CHUNK_BYTES // per_mutant),
             ),
         )
     )
