@@ -27,16 +27,23 @@ SEQUENCE_CHANNELS = 4
 #: activations of a block of sequences plus the tiles of a chunk of mutants.
 CPU_MEMORY_BYTES = 1024 * 2**20
 
-#: Per-mutant bytes of a delta convolution's products of every changed input
-#: row with every kernel tap (the array a GEMM over all taps writes) from which
-#: the cpu backend runs one GEMM per tap instead, adding each into the output:
-#: nothing larger than a core's cache is written, and no products that fall
-#: outside the window or on padding are computed.
-CPU_TAPS_BYTES = 256 * 2**10
-
-#: ... provided the changed input window has at least this many rows: each
-#: per-tap GEMM is one mutant's rows, too few of which leave BLAS idle.
+#: Input rows from which a stride-1 delta convolution with many output
+#: channels runs one GEMM per kernel tap and mutant (``delta-per-tap``) on
+#: just the changed rows whose products land in the window, accumulated into
+#: blocks of output rows that stay in cache. Narrower windows leave such GEMMs
+#: too short for BLAS, and run one GEMM of every mutant's rows with all taps
+#: at once instead.
 CPU_PER_TAP_MIN_ROWS = 128
+
+#: Output channels below which a delta convolution (a profile head) lays its
+#: products out rows last, ``(tap, channel, row)``, one mutant at a time:
+#: too few channels to vectorise over, or to make a per-tap GEMM worth it.
+CPU_FEW_CHANNELS = 8
+
+#: Output rows per block of a per-tap convolution: BLAS accumulates every
+#: tap's products into the block, then the ReLU, a residual add and the change
+#: for the next layer are applied to it, while it is still in a core's cache.
+CPU_TAP_BLOCK_ROWS = 128
 
 #: Bytes of tiles one thread's chunk of mutants aims to keep in cache; the
 #: default chunk size follows from it and the plan's bytes per mutant.

@@ -159,18 +159,6 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
         got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu=True
     )
     np.testing.assert_array_equal(got, np.maximum(want, 0))
-    # the same products laid out rows last: the same sums in the same order
-    taps_t = np.ascontiguousarray(taps.transpose(0, 2, 3, 1))
-    for relu in (False, True):
-        kernels.col2im_ref(
-            got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu
-        )
-        got_t = np.full_like(got, np.nan)
-        kernels.col2im_ref_t(
-            got_t, ref, seq, out_start, taps_t, in_start, left, stride, dilation, relu
-        )
-        np.testing.assert_array_equal(got_t, got)
-
     acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
     want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
     kernels.gather(tile, in_start, ref, seq, out_start, width, out=acc, add=True)
@@ -191,33 +179,141 @@ def test_relu_kernel_is_np_maximum():
         np.testing.assert_array_equal(strided, want[:, ::2])
 
 
+def _conv_delta_loop(
+    ref, seq, out_start, width, delta, kernel, in_start, left, dilation
+):
+    """The reference output window plus the stride-1 convolution of each
+    mutant's change, one output row and tap at a time."""
+    n_mut, w_in, _ = delta.shape
+    out = np.empty((n_mut, width, kernel.shape[2]), dtype=np.float64)
+    for m in range(n_mut):
+        for o in range(width):
+            row = out_start[m] + o
+            acc = ref[seq[m], row].astype(np.float64)
+            for k in range(kernel.shape[0]):
+                j = row - left + k * dilation - in_start[m]
+                if 0 <= j < w_in:
+                    acc = acc + delta[m, j].astype(np.float64) @ kernel[k]
+            out[m, o] = acc
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dilation,block", [(1, 4), (3, 5), (8, 128)])
+def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
+    """The fused per-tap kernel (BLAS from Numba, blocks of rows) against a
+    loop over output rows and taps, with each option of its epilogue, on
+    windows clipped at both sequence ends and changed rows narrower than the
+    input window."""
+    from ismkernel.backends.cpu import kernels
+    from ismkernel.plan.planner import per_tap_rows
+
+    rng = np.random.default_rng(dilation)
+    length, n_mut, n_taps, cin, cout = 40, 7, 3, 5, 9
+    left = dilation  # "same" padding of a 3-tap kernel
+    op = ops.Conv1D(n_filters=cout, kernel_size=n_taps, dilation=dilation)
+    ref = rng.standard_normal((2, length, cout)).astype(dtype)
+    res_ref = rng.standard_normal((2, length, cout)).astype(dtype)
+    chg_ref = rng.standard_normal((2, length, cout)).astype(dtype)
+    kernel = rng.standard_normal((n_taps, cin, cout)).astype(dtype)
+    seq = rng.integers(0, 2, n_mut)
+    w_in, width = 11, 11 + 2 * dilation
+    in_start = np.array([0, 0, 3, 10, 29, 29, 15])  # first and last rows too
+    out_start = np.clip(in_start - dilation, 0, length - width)
+    # rows that can change: a sub-range of each input window
+    lo = in_start + rng.integers(0, 4, n_mut)
+    hi = in_start + w_in - rng.integers(0, 4, n_mut)
+    delta = np.zeros((n_mut, w_in, cin), dtype=dtype)
+    for m in range(n_mut):
+        delta[m, lo[m] - in_start[m] : hi[m] - in_start[m]] = rng.standard_normal(
+            (hi[m] - lo[m], cin)
+        )
+    rows = per_tap_rows(op, left, in_start, w_in, lo, hi, out_start, width)
+    want = _conv_delta_loop(
+        ref, seq, out_start, width, delta, kernel, in_start, left, dilation
+    )
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+
+    got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
+    kernels.conv_per_tap(got, ref, seq, out_start, delta, kernel, rows, block)
+    np.testing.assert_allclose(got, want, **tol)
+
+    # ReLU, then a residual whose own window covers part of the output window
+    res_start = out_start + 2
+    res_tile = rng.standard_normal((n_mut, width - 4, cout)).astype(dtype)
+    res = kernels.gather(res_tile, res_start, res_ref, seq, out_start, width)
+    chg = np.full_like(got, np.nan)
+    kernels.conv_per_tap(
+        got,
+        ref,
+        seq,
+        out_start,
+        delta,
+        kernel,
+        rows,
+        block,
+        relu=True,
+        residual=(res_tile, res_start, res_ref),
+        change=(chg, chg_ref),
+    )
+    want = np.maximum(want, 0) + res
+    np.testing.assert_allclose(got, want, **tol)
+    np.testing.assert_array_equal(
+        chg, got - kernels.gather(None, None, chg_ref, seq, out_start, width)
+    )
+    # a residual with no tile: its reference only
+    kernels.conv_per_tap(
+        got,
+        ref,
+        seq,
+        out_start,
+        delta,
+        kernel,
+        rows,
+        block,
+        relu=True,
+        residual=(None, out_start, res_ref),
+    )
+    res = kernels.gather(None, None, res_ref, seq, out_start, width)
+    want = want - kernels.gather(res_tile, res_start, res_ref, seq, out_start, width)
+    np.testing.assert_allclose(got, want + res, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("relu", [False, True])
-def test_add_parts_equals_adding_part_by_part(relu):
+def test_conv_few_channels_equals_a_loop(dtype, relu):
     from ismkernel.backends.cpu import kernels
 
-    rng = np.random.default_rng(3)
-    width, n_ch = 40, 16
-    out = rng.standard_normal((width, n_ch)).astype(np.float32)
-    parts = rng.standard_normal((3, 30, n_ch)).astype(np.float32)
-    offset = np.array([-5, 10, 25])  # reaching past both ends of the window
-    count = np.array([12, 30, 15])
-    want = out.copy()
-    for k in range(3):
-        rows = np.arange(count[k]) + offset[k]
-        keep = (rows >= 0) & (rows < width)
-        want[rows[keep]] += parts[k, : count[k]][keep]
+    rng = np.random.default_rng(5)
+    length, n_mut, n_taps, cin, cout, dilation = 30, 6, 5, 7, 2, 2
+    left = (n_taps - 1) * dilation // 2
+    ref = rng.standard_normal((2, length, cout)).astype(dtype)
+    kernel = rng.standard_normal((n_taps, cin, cout)).astype(dtype)
+    mats_t = np.ascontiguousarray(kernel.transpose(0, 2, 1).reshape(-1, cin))
+    seq = rng.integers(0, 2, n_mut)
+    w_in, width = 9, 17
+    in_start = np.array([0, 2, 8, 21, 21, 12])
+    out_start = np.clip(in_start - 4, 0, length - width)
+    delta = rng.standard_normal((n_mut, w_in, cin)).astype(dtype)
+    want = _conv_delta_loop(
+        ref, seq, out_start, width, delta, kernel, in_start, left, dilation
+    )
     if relu:
         want = np.maximum(want, 0)
-    got = kernels.add_parts(out, parts, offset, count, relu)
-    np.testing.assert_array_equal(got, want)
+    got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
+    kernels.conv_few_channels(
+        got, ref, seq, out_start, delta, mats_t, in_start, left, dilation, relu
+    )
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
 
 
 @contextlib.contextmanager
 def _per_tap_everywhere():
     """Every stride-1 delta convolution runs one GEMM per tap."""
     with (
-        mock.patch.object(config, "CPU_TAPS_BYTES", 0),
         mock.patch.object(config, "CPU_PER_TAP_MIN_ROWS", 0),
+        mock.patch.object(config, "CPU_FEW_CHANNELS", 1),
     ):
         yield
 
@@ -284,9 +380,50 @@ def test_convolutions_apply_the_relu_that_follows_them():
     prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
     assert prep.relu_after and len(prep.relu_after) == len(prep.relu_done)
     # and its profile head (few output channels) lays its products out rows
-    # last (kernels.col2im_ref_t)
+    # last (kernels.conv_few_channels)
     assert any("mats_t" in info for info in prep.conv.values())
     # (its ISM equals the reference's: test_cpu_equals_reference_on_every_fixture)
+
+
+def test_per_tap_convolutions_write_residual_adds_and_changes():
+    from ismkernel.backends.cpu.executor import _Prepared
+    from ismkernel.plan import build_plan
+
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    g = model.graph
+    shape = g.input_specs[0].shape
+    with _per_tap_everywhere():
+        plan = build_plan(g, g.inputs[0], {g.inputs[0]: shape}, np.arange(shape[0]))
+    prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
+    # every dilated residual block's add is written by its convolution, where
+    # that runs per tap (the last one recomputes its window)
+    adds = {
+        n
+        for n, node in g.nodes.items()
+        if isinstance(node.op, ops.Merge)
+        and any(
+            plan.nodes[g.nodes[i].inputs[0]].strategy == "delta-per-tap"
+            for i in node.inputs
+            if i.endswith("/activation")
+        )
+    }
+    assert len(adds) == 3 and set(prep.add_done) == adds
+    for conv, other in prep.residual.items():
+        add = prep.result[conv]
+        assert (
+            other in g.nodes[add].inputs and prep.add_done[add] in g.nodes[add].inputs
+        )
+    # and each add that a delta convolution reads next has its change too
+    assert prep.emit_change == {
+        c
+        for c, add in prep.result.items()
+        if any(
+            plan.nodes[r].strategy in ("delta", "delta-per-tap")
+            for r in g.consumers()[add]
+        )
+    }
+    assert prep.emit_change
+    # (its ISM equals the reference's: test_per_tap_convolutions_equal_reference)
 
 
 def test_results_do_not_depend_on_threads():

@@ -579,7 +579,7 @@ def _cost(
             if (
                 op.groups == 1
                 and op.stride == 1
-                and taps_bytes >= config.CPU_TAPS_BYTES
+                and op.n_filters >= config.CPU_FEW_CHANNELS
                 and src.width >= config.CPU_PER_TAP_MIN_ROWS
             ):
                 p.strategy = "delta-per-tap"

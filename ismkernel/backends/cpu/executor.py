@@ -41,6 +41,7 @@ class _State:
     tile: np.ndarray | None = None  # (n_mut, width, ch) for row/tile nodes
     start: np.ndarray | None = None  # (n_mut,) window starts
     value: np.ndarray | None = None  # (n_mut, *shape) for full nodes
+    change: np.ndarray | None = None  # tile minus reference, where computed
 
 
 class _Pool:
@@ -130,9 +131,10 @@ class _Prepared:
                 if (
                     p.strategy == "delta"
                     and op.groups == 1
-                    and op.n_filters < kernels.FEW_CHANNELS
+                    and op.stride == 1
+                    and op.n_filters < config.CPU_FEW_CHANNELS
                 ):
-                    # products laid out (tap, channel, row): see col2im_ref_t
+                    # products laid out (tap, channel, row): conv_few_channels
                     info["mats_t"] = np.ascontiguousarray(mats[0].T)
                 if p.strategy == "lookup":
                     info["alt_taps"] = (alternatives @ mats[0]).reshape(
@@ -156,29 +158,10 @@ class _Prepared:
                         .reshape(src[0] * src[1], -1)
                     )
                 self.dense_rows[name] = np.ascontiguousarray(kernel)
-        # A plain ReLU that is the only reader of a delta convolution, on the
-        # same windows, is applied by the convolution while each row is in
-        # cache; the ReLU node then passes the tile on.
-        readers = graph.consumers()
-        self.relu_after: set[str] = set()  # convolutions that apply the ReLU
-        self.relu_done: set[str] = set()  # ReLU nodes they apply
-        outputs = set(graph.outputs)
-        for name in graph.nodes:
-            p = plan.nodes[name]
-            after = readers[name]
-            if (
-                p.strategy in ("delta", "delta-per-tap")
-                and len(after) == 1
-                and name not in outputs
-                and _plain_relu(graph.nodes[after[0]].op)
-                and plan.nodes[after[0]].width == p.width
-                and np.array_equal(plan.nodes[after[0]].start, p.start)
-            ):
-                self.relu_after.add(name)
-                self.relu_done.add(after[0])
         # Cut points: a tile node that is all a chunk still needs, after an op
         # that can clamp a change to exactly zero.
         # (An output no node reads is written as soon as it is computed.)
+        outputs = set(graph.outputs)
         for name, _, kept in plan.liveness():
             varying = {
                 n
@@ -193,6 +176,67 @@ class _Prepared:
                 and name not in outputs
             ):
                 self.check_zero.add(name)
+        # A plain ReLU that is the only reader of a delta convolution, on the
+        # same windows, is applied by the convolution while each row is in
+        # cache; the ReLU node then passes the tile on.
+        readers = graph.consumers()
+        self.relu_after: set[str] = set()  # convolutions that apply the ReLU
+        self.relu_done: set[str] = set()  # ReLU nodes they apply
+        for name in graph.nodes:
+            p = plan.nodes[name]
+            after = readers[name]
+            if (
+                p.strategy in ("delta", "delta-per-tap")
+                and len(after) == 1
+                and name not in outputs
+                and name not in self.check_zero
+                and _plain_relu(graph.nodes[after[0]].op)
+                and _same_windows(plan.nodes[after[0]], p)
+            ):
+                self.relu_after.add(name)
+                self.relu_done.add(after[0])
+        # A residual block's add, relu(conv(.)) + x, on the convolution's
+        # windows, is written by a per-tap convolution too, and the result's
+        # change from its reference as well where a delta convolution reads
+        # it next: one pass over each output row instead of four.
+        self.residual: dict[str, str] = {}  # convolution -> the other addend
+        self.add_done: dict[str, str] = {}  # adds they compute -> their ReLU
+        self.result: dict[str, str] = {}  # per-tap convolution -> node it writes
+        for name in graph.nodes:
+            if plan.nodes[name].strategy != "delta-per-tap":
+                continue
+            last = name
+            if name in self.relu_after:
+                last = readers[name][0]
+                after = readers[last]
+                add = graph.nodes[after[0]] if len(after) == 1 else None
+                if (
+                    add is not None
+                    and last not in outputs
+                    and last not in self.check_zero
+                    and isinstance(add.op, ops.Merge)
+                    and add.op.mode == "add"
+                    and len(add.inputs) == 2
+                    and add.inputs[0] != add.inputs[1]
+                    and _same_windows(plan.nodes[add.name], plan.nodes[name])
+                ):
+                    self.residual[name] = next(i for i in add.inputs if i != last)
+                    self.add_done[add.name] = last
+                    last = add.name
+            self.result[name] = last
+        self.emit_change = {
+            name
+            for name, last in self.result.items()
+            if any(
+                isinstance(graph.nodes[r].op, ops.Conv1D)
+                and plan.nodes[r].strategy in ("delta", "delta-per-tap")
+                for r in readers[last]
+            )
+        }
+
+
+def _same_windows(a, b) -> bool:
+    return a.width == b.width and np.array_equal(a.start, b.start)
 
 
 def _plain_relu(op) -> bool:
@@ -271,7 +315,9 @@ class _Chunk:
             self.pool.put(x)
 
     def _release(self, arr, states) -> None:
-        if arr is not None and not any(st.tile is arr for st in states.values()):
+        if arr is not None and not any(
+            st.tile is arr or st.change is arr for st in states.values()
+        ):
             self.pool.put(arr)
 
     def _window_of(self, state: _State, name: str, start: np.ndarray, width: int):
@@ -330,8 +376,14 @@ class _Chunk:
                         self.pos_idx[keep],
                         self.alt_idx[keep],
                     )
-                    states = {name: _State(tile=st.tile[keep], start=st.start[keep])}
+                    change = None if st.change is None else st.change[keep]
+                    states = {
+                        name: _State(
+                            tile=st.tile[keep], start=st.start[keep], change=change
+                        )
+                    }
                     self.pool.put(st.tile)
+                    self.pool.put(st.change)
             for k, out_name in enumerate(outputs):
                 if out_name == name and self.plan.nodes[name].kind != "const":
                     values = self._full(states, name)
@@ -339,12 +391,15 @@ class _Chunk:
                     self._release(values, states)
             for src in list(states):
                 if self.plan.last_use.get(src) == name:
-                    self._release(states.pop(src).tile, states)
+                    gone = states.pop(src)
+                    self._release(gone.tile, states)
+                    self._release(gone.change, states)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
             if not len(rows):
                 break
         for st in states.values():
             self.pool.put(st.tile)
+            self.pool.put(st.change)
         return early
 
     def _node(self, name: str, node: Node, p, states) -> _State:
@@ -362,7 +417,8 @@ class _Chunk:
         if p.kind == "virtual":
             return _State()  # read only by flatten-dense nodes
         if isinstance(op, ops.Conv1D):
-            return _State(tile=self._conv(name, node, p, start, states), start=start)
+            tile, change = self._conv(name, node, p, start, states)
+            return _State(tile=tile, start=start, change=change)
         if isinstance(op, ops.Pool1D):
             src = node.inputs[0]
             st = states.get(src)
@@ -384,7 +440,10 @@ class _Chunk:
             return _State(tile=out, start=start)
         if name in self.prep.relu_done:  # applied by the convolution
             st = states[node.inputs[0]]
-            return _State(tile=st.tile, start=st.start)
+            return _State(tile=st.tile, start=st.start, change=st.change)
+        if name in self.prep.add_done:  # computed by the convolution
+            st = states[self.prep.add_done[name]]
+            return _State(tile=st.tile, start=st.start, change=st.change)
         if is_row_local(op):
             src = node.inputs[0]
             st = states.get(src)
@@ -476,7 +535,9 @@ class _Chunk:
             return _State(tile=st.tile, start=start)
         return None
 
-    def _conv(self, name, node, p, start, states) -> np.ndarray:
+    def _conv(self, name, node, p, start, states):
+        """A convolution's tile, and its result's change where the kernel
+        writes that too."""
         op: ops.Conv1D = node.op
         info = self.prep.conv[name]
         src = node.inputs[0]
@@ -486,7 +547,7 @@ class _Chunk:
         if p.strategy == "window":
             span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1
             patch = self._window_of(st, src, start * op.stride - info["left"], span)
-            return reference.apply(self.prep.valid_conv[name], [patch])
+            return reference.apply(self.prep.valid_conv[name], [patch]), None
         if p.strategy == "lookup":
             positions = self.plan.positions[self.pos_idx]
             pair = self.seq * len(self.plan.positions) + self.pos_idx
@@ -495,7 +556,7 @@ class _Chunk:
             ref_taps = (x_rows @ info["mats"][0]).reshape(
                 len(first), op.kernel_size, op.n_filters
             )
-            return kernels.lookup_add(
+            out = kernels.lookup_add(
                 self.refs[name],
                 self.seq,
                 info["alt_taps"],
@@ -510,39 +571,66 @@ class _Chunk:
                 op.dilation,
                 out=self._buf(len(self.seq), p.width, op.n_filters),
             )
+            return out, None
         # delta: the change of the input window times every kernel tap, added
         # to the reference output window
         w_in = sp.width
-        delta = self._change(src, st)
+        if st.change is not None:  # written by the convolution before
+            delta, own = st.change, False
+        else:
+            delta, own = self._change(src, st), True
         relu = name in self.prep.relu_after
         if "per_tap" in info:
-            out = self._ref_window(name, start, p.width)
+            prep = self.prep
+            out = self._buf(n_mut, p.width, op.n_filters)
             # Only rows the mutation can change have a non-zero change.
             pos = self.pos_idx
             rows = per_tap_rows(
                 op, info["left"], st.start, w_in, sp.lo[pos], sp.hi[pos], start, p.width
             )
-            self._add_per_tap(out, delta, rows, info["per_tap"], relu)
-            self.pool.put(delta)
-            return out
+            residual = change = None
+            if name in prep.residual:
+                other = prep.residual[name]
+                xs = states.get(other)
+                residual = (
+                    (None, start, self.refs[other])
+                    if xs is None
+                    else (xs.tile, xs.start, self.refs[other])
+                )
+            if name in prep.emit_change:
+                change = (self._buf(*out.shape), self.refs[prep.result[name]])
+            kernels.conv_per_tap(
+                out,
+                self.refs[name],
+                self.seq,
+                start,
+                delta,
+                info["per_tap"],
+                rows,
+                config.CPU_TAP_BLOCK_ROWS,
+                relu,
+                residual,
+                change,
+            )
+            if own:
+                self.pool.put(delta)
+            return out, None if change is None else change[0]
         if "mats_t" in info:
-            taps = self._buf(n_mut, op.kernel_size * op.n_filters, w_in)
-            np.matmul(info["mats_t"], delta.transpose(0, 2, 1), out=taps)
-            self.pool.put(delta)
-            out = kernels.col2im_ref_t(
+            out = kernels.conv_few_channels(
                 self._buf(n_mut, p.width, op.n_filters),
                 self.refs[name],
                 self.seq,
                 start,
-                taps.reshape(n_mut, op.kernel_size, op.n_filters, w_in),
+                delta,
+                info["mats_t"],
                 st.start,
                 info["left"],
-                op.stride,
                 op.dilation,
                 relu,
             )
-            self.pool.put(taps)
-            return out
+            if own:
+                self.pool.put(delta)
+            return out, None
         flat = delta.reshape(n_mut * w_in, -1)
         cg, fg = info["cg"], info["fg"]
         taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
@@ -553,7 +641,8 @@ class _Chunk:
                 taps[..., g * fg : (g + 1) * fg] = (
                     flat[:, g * cg : (g + 1) * cg] @ mat
                 ).reshape(n_mut, w_in, op.kernel_size, fg)
-        self.pool.put(delta)
+        if own:
+            self.pool.put(delta)
         out = kernels.col2im_ref(
             self._buf(n_mut, p.width, op.n_filters),
             self.refs[name],
@@ -567,24 +656,7 @@ class _Chunk:
             relu,
         )
         self.pool.put(taps)
-        return out
-
-    def _add_per_tap(self, out, delta, rows, kernel, relu):
-        """``out += conv(delta)`` on each mutant's window, one GEMM per tap on
-        the input rows of :func:`~ismkernel.plan.planner.per_tap_rows`, the
-        products then added (and with ``relu`` clamped) in one pass while in
-        cache."""
-        first, j0, j1 = rows
-        count = np.maximum(j1 - j0, 0)
-        offset = first + j0
-        parts = self._buf(len(kernel), delta.shape[1], kernel.shape[2])
-        for m in range(len(out)):
-            for k in range(len(kernel)):
-                a, n = j0[k, m], count[k, m]
-                if n:
-                    np.matmul(delta[m, a : a + n], kernel[k], out=parts[k, :n])
-            kernels.add_parts(out[m], parts, offset[:, m], count[:, m], relu)
-        self.pool.put(parts)
+        return out, None
 
     def _full_node(self, name, node, p, states) -> np.ndarray:
         if p.strategy == "flatten-dense":

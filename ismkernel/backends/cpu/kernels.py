@@ -11,8 +11,12 @@ values on its window, and the reference (per sequence) holds every row.
 
 from __future__ import annotations
 
+import ctypes
+
 import numba
 import numpy as np
+
+from ismkernel import config
 
 __all__ = [
     "gather",
@@ -20,8 +24,9 @@ __all__ = [
     "change_sum",
     "col2im_add",
     "col2im_ref",
-    "col2im_ref_t",
-    "add_parts",
+    "conv_few_channels",
+    "conv_per_tap",
+    "GEMM",
     "relu",
     "pool_window",
     "lookup_add",
@@ -31,8 +36,8 @@ __all__ = [
 _OPTS = dict(cache=True, nogil=True, fastmath=False)
 
 #: Output channels below which a convolution's products are laid out rows
-#: last (:func:`col2im_ref_t`): too few channels to vectorise over.
-FEW_CHANNELS = 8
+#: last (:func:`conv_few_channels`): too few channels to vectorise over.
+FEW_CHANNELS = config.CPU_FEW_CHANNELS
 
 
 @numba.njit(inline="always", **_OPTS)
@@ -244,86 +249,349 @@ def col2im_ref(
 
 
 @numba.njit(**_OPTS)
-def _col2im_ref_t(
-    out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu, acc
+def _conv_few_channels(
+    gemm,
+    out,
+    ref,
+    seq,
+    out_start,
+    delta,
+    mats_t,
+    in_start,
+    left,
+    dilation,
+    relu,
+    taps,
+    acc,
 ):
     n_mut, width, n_ch = out.shape
-    n_taps, n_in = taps.shape[1], taps.shape[3]
+    n_in, cin = delta.shape[1], delta.shape[2]
+    n_taps = mats_t.shape[0] // n_ch
+    args, scal = _gemm_args(out)
     for m in range(n_mut):
+        # taps[k * n_ch + c, j]: input row j times tap k, for channel c
+        _gemm(
+            gemm,
+            args,
+            scal,
+            False,
+            True,
+            n_taps * n_ch,
+            n_in,
+            cin,
+            mats_t,
+            0,
+            cin,
+            delta,
+            m * n_in * cin,
+            cin,
+            False,
+            taps,
+            0,
+            n_in,
+        )
         s = seq[m]
         o0 = out_start[m]
         for c in range(n_ch):
             for o in range(width):
                 acc[o] = ref[s, o0 + o, c]
             for k in range(n_taps):
-                # input row j = o * stride + base of output row o0 + o
-                base = o0 * stride - left + k * dilation - in_start[m]
-                lo = max(0, -(base // stride))
-                hi = min(width, (n_in - base + stride - 1) // stride)
+                # output row o0 + o reads input window row o + base
+                base = o0 - left + k * dilation - in_start[m]
+                lo = max(0, -base)
+                hi = min(width, n_in - base)
                 if hi <= lo:
                     continue
                 # (views from index 0: no negative-index wrapping, so the
-                # contiguous stride-1 run vectorises)
+                # contiguous run vectorises)
                 dst = acc[lo:hi]
-                src = taps[m, k, c, lo * stride + base :]
-                if stride == 1:
-                    for i in range(hi - lo):
-                        dst[i] += src[i]
-                else:
-                    for i in range(hi - lo):
-                        dst[i] += src[i * stride]
+                src = taps[k * n_ch + c, lo + base :]
+                for i in range(hi - lo):
+                    dst[i] += src[i]
             for o in range(width):
                 out[m, o, c] = _relu1(acc[o]) if relu else acc[o]
 
 
-def col2im_ref_t(
+def conv_few_channels(
     out: np.ndarray,
     ref: np.ndarray,
     seq: np.ndarray,
     out_start: np.ndarray,
-    taps: np.ndarray,
+    delta: np.ndarray,
+    mats_t: np.ndarray,
     in_start: np.ndarray,
     left: int,
-    stride: int,
     dilation: int,
     relu: bool = False,
 ) -> np.ndarray:
-    """:func:`col2im_ref` with the products laid out ``taps[m, k, c, j]``
-    (input rows last), for convolutions with few output channels: each tap's
-    contribution to a channel is then one contiguous run of rows, added in
-    the same order as :func:`col2im_ref` adds them."""
+    """A stride-1 delta convolution with few output channels (a profile
+    head), one mutant at a time: BLAS writes the products of every tap and
+    channel with the changed input rows laid out rows last, ``(tap, channel,
+    row)``, into a scratch that stays in cache, and each tap's contribution to
+    a channel is then added to the reference row as one contiguous run.
+
+    Parameters
+    ----------
+    out : ndarray (n_mut, width, n_filters), C-contiguous
+    ref : ndarray (n_seqs, out_len, n_filters)
+        The convolution's reference output.
+    seq, out_start, in_start : ndarray of int64 (n_mut,)
+    delta : ndarray (n_mut, in_width, n_channels), C-contiguous
+        The change of the input on its window.
+    mats_t : ndarray (kernel_size * n_filters, n_channels), C-contiguous
+        Row ``k * n_filters + c`` is tap ``k`` of output channel ``c``.
+    left, dilation : int
+        The convolution's left padding and dilation.
+    """
+    n_in = delta.shape[1]
+    taps = np.empty((mats_t.shape[0], n_in), dtype=out.dtype)
     acc = np.empty(out.shape[1], dtype=out.dtype)
-    _col2im_ref_t(
-        out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu, acc
+    _conv_few_channels(
+        GEMM[np.dtype(out.dtype)],
+        out,
+        ref,
+        seq,
+        out_start,
+        delta,
+        mats_t,
+        in_start,
+        left,
+        dilation,
+        relu,
+        taps,
+        acc,
     )
     return out
 
 
+def _blas_gemm(name: str):
+    """SciPy's Fortran-ABI BLAS ``?gemm`` as a ctypes function (every argument
+    a pointer), for the kernels to call with the GIL released."""
+    from numba.extending import get_cython_function_address
+
+    addr = get_cython_function_address("scipy.linalg.cython_blas", name)
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(addr)
+
+
+#: ``?gemm`` by dtype. Passed to the kernels as an argument, not read as a
+#: global, so Numba can cache them (a ctypes global is not cacheable).
+GEMM = {
+    np.dtype(np.float32): _blas_gemm("sgemm"),
+    np.dtype(np.float64): _blas_gemm("dgemm"),
+}
+
+
+@numba.njit(inline="always", **_OPTS)
+def _gemm(
+    gemm,
+    args,
+    scal,
+    trans_a,
+    trans_b,
+    m,
+    n,
+    k,
+    a,
+    a_off,
+    lda,
+    b,
+    b_off,
+    ldb,
+    beta,
+    c,
+    c_off,
+    ldc,
+):
+    """Row-major ``c[m, n] = op(a) @ op(b) + beta * c`` (``beta`` 0 or 1) from
+    flat element offsets and row strides; column-major BLAS computes
+    ``c.T = op(b).T @ op(a).T``. ``args`` (int32, 8) takes the integer
+    arguments and holds "N" and "T" in its last two entries; ``scal`` holds
+    1 and 0 in the dtype of ``c``."""
+    args[0], args[1], args[2] = n, m, k
+    args[3], args[4], args[5] = ldb, lda, ldc
+    base = args.ctypes.data
+    one = scal.ctypes.data
+    size = c.itemsize
+    gemm(
+        base + (28 if trans_b else 24),
+        base + (28 if trans_a else 24),
+        base,
+        base + 4,
+        base + 8,
+        one,
+        b.ctypes.data + size * b_off,
+        base + 12,
+        a.ctypes.data + size * a_off,
+        base + 16,
+        one + (0 if beta else size),
+        c.ctypes.data + size * c_off,
+        base + 20,
+    )
+
+
 @numba.njit(**_OPTS)
-def _add_parts(out, parts, offset, count, relu):
-    width, n_ch = out.shape
-    for o in range(width):
-        for k in range(parts.shape[0]):
-            i = o - offset[k]
-            if 0 <= i < count[k]:
+def _gemm_args(like):
+    args = np.empty(8, dtype=np.int32)
+    args[6], args[7] = 78, 84  # "N", "T"
+    scal = np.zeros(2, dtype=like.dtype)
+    scal[0] = 1
+    return args, scal
+
+
+@numba.njit(**_OPTS)
+def _conv_per_tap(
+    gemm,
+    out,
+    ref,
+    seq,
+    out_start,
+    delta,
+    kernel,
+    first,
+    j0,
+    j1,
+    block,
+    relu,
+    residual,
+    res_tile,
+    res_start,
+    res_ref,
+    emit,
+    chg,
+    chg_ref,
+):
+    n_mut, width, n_ch = out.shape
+    n_taps, cin = kernel.shape[0], kernel.shape[1]
+    w_in = delta.shape[1]
+    r_width = res_tile.shape[1]
+    args, scal = _gemm_args(out)
+    for m in range(n_mut):
+        s = seq[m]
+        o_first = out_start[m]
+        for o0 in range(0, width, block):
+            o1 = min(width, o0 + block)
+            for o in range(o0, o1):
                 for c in range(n_ch):
-                    out[o, c] += parts[k, i, c]
-        if relu:
-            for c in range(n_ch):
-                out[o, c] = _relu1(out[o, c])
+                    out[m, o, c] = ref[s, o_first + o, c]
+            # Each tap's products of the changed input rows that land on
+            # this block of rows, accumulated by BLAS while the block is hot.
+            for k in range(n_taps):
+                f = first[k, m]
+                lo = max(j0[k, m], o0 - f)
+                hi = min(j1[k, m], o1 - f)
+                if hi > lo:
+                    _gemm(
+                        gemm,
+                        args,
+                        scal,
+                        False,
+                        False,
+                        hi - lo,
+                        n_ch,
+                        cin,
+                        delta,
+                        (m * w_in + lo) * cin,
+                        cin,
+                        kernel,
+                        k * cin * n_ch,
+                        n_ch,
+                        True,
+                        out,
+                        (m * width + f + lo) * n_ch,
+                        n_ch,
+                    )
+            # (indexed, not through row views: a view costs two atomic
+            # reference-count updates)
+            for o in range(o0, o1):
+                p = o_first + o
+                q = p - res_start[m]
+                x, xa, xb = (res_tile, m, q) if 0 <= q < r_width else (res_ref, s, p)
+                for c in range(n_ch):
+                    v = out[m, o, c]
+                    if relu:
+                        v = _relu1(v)
+                    if residual:
+                        v += x[xa, xb, c]
+                    out[m, o, c] = v
+                if emit:
+                    for c in range(n_ch):
+                        chg[m, o, c] = out[m, o, c] - chg_ref[s, p, c]
 
 
-def add_parts(
+def conv_per_tap(
     out: np.ndarray,
-    parts: np.ndarray,
-    offset: np.ndarray,
-    count: np.ndarray,
+    ref: np.ndarray,
+    seq: np.ndarray,
+    out_start: np.ndarray,
+    delta: np.ndarray,
+    kernel: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    block: int,
     relu: bool = False,
+    residual: tuple[np.ndarray | None, np.ndarray, np.ndarray] | None = None,
+    change: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """``out[offset[k] + i] += parts[k, i]`` for ``i < count[k]``, for each
-    part ``k`` in order, then with ``relu`` each row clamped at zero: the
-    per-tap products of one mutant's window, in one pass over its rows."""
-    _add_parts(out, parts, offset, count, relu)
+    """A stride-1 delta convolution, fused: per mutant and block of output
+    rows, the reference rows, plus each tap's products of the changed input
+    rows (BLAS, accumulating into the block while it is in cache), then in
+    the same pass the ReLU, the residual input and the change from a
+    reference, each if asked.
+
+    Parameters
+    ----------
+    out : ndarray (n_mut, width, n_filters), C-contiguous
+        Written: the convolution's output window (after ``relu``, plus the
+        residual).
+    ref : ndarray (n_seqs, out_len, n_filters)
+        The convolution's reference output (before any activation).
+    seq, out_start : ndarray of int64 (n_mut,)
+    delta : ndarray (n_mut, in_width, n_channels), C-contiguous
+        The change of the input on its window.
+    kernel : ndarray (kernel_size, n_channels, n_filters), C-contiguous
+    rows : (first, j0, j1), each ndarray of int64 (kernel_size, n_mut)
+        From :func:`ismkernel.plan.planner.per_tap_rows`: input window row
+        ``j`` in ``[j0, j1)`` times tap ``k`` lands on output row
+        ``first + j``.
+    block : int
+        Output rows per block.
+    residual : (tile, tile_start, ref), optional
+        A node added after the ReLU: its values on its own window (``tile``
+        may be None: the reference only) and its reference elsewhere.
+    change : (chg, chg_ref), optional
+        Also write ``chg = out - chg_ref`` on the window (the change of the
+        result, for the next delta convolution to read).
+    """
+    dtype = out.dtype
+    empty = np.empty((len(seq), 0, out.shape[2]), dtype=dtype)
+    if residual is None:
+        res_tile, res_start, res_ref = empty, out_start, ref
+    else:
+        res_tile, res_start, res_ref = residual
+        if res_tile is None:
+            res_tile, res_start = empty, out_start
+    chg, chg_ref = (empty, ref) if change is None else change
+    first, j0, j1 = rows
+    _conv_per_tap(
+        GEMM[np.dtype(dtype)],
+        out,
+        ref,
+        seq,
+        out_start,
+        delta,
+        kernel,
+        first,
+        j0,
+        j1,
+        int(block),
+        relu,
+        residual is not None,
+        np.ascontiguousarray(res_tile),
+        res_start,
+        res_ref,
+        change is not None,
+        chg,
+        chg_ref,
+    )
     return out
 
 
