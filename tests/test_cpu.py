@@ -144,6 +144,17 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
     tile = rng.standard_normal((n_mut, w_in, n_ch)).astype(np.float32)
     want = tile - kernels.gather(None, None, ref, seq, in_start, w_in)
     np.testing.assert_array_equal(kernels.change(tile, in_start, ref, seq), want)
+    # a node kept as its change: the same sums, and the same exact-zero test
+    np.testing.assert_array_equal(
+        kernels.sum_rows(want), kernels.change_sum(tile, in_start, ref, seq)
+    )
+    inside = np.clip(in_start, 0, length - w_in)
+    same = kernels.gather(None, None, ref, seq, inside, w_in)
+    same[1::2] += rng.standard_normal(same[1::2].shape).astype(np.float32) > 1
+    np.testing.assert_array_equal(
+        kernels.all_zero(kernels.change(same, inside, ref, seq)),
+        kernels.unchanged(same, inside, ref, seq),
+    )
     np.testing.assert_allclose(
         kernels.change_sum(tile, in_start, ref, seq), want.sum(axis=1), rtol=1e-5
     )
@@ -253,7 +264,7 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
         rows,
         block,
         relu=True,
-        residual=(res_tile, res_start, res_ref),
+        residual=(res_tile, res_start, res_ref, False),
         change=(chg, chg_ref),
     )
     want = np.maximum(want, 0) + res
@@ -261,6 +272,24 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
     np.testing.assert_array_equal(
         chg, got - kernels.gather(None, None, chg_ref, seq, out_start, width)
     )
+    # the residual given as its change, and the result's change written in
+    # place of its values
+    res_chg = res_tile - kernels.gather(None, None, res_ref, seq, res_start, width - 4)
+    got_chg = np.full_like(got, np.nan)
+    kernels.conv_per_tap(
+        got_chg,
+        ref,
+        seq,
+        out_start,
+        delta,
+        kernel,
+        rows,
+        block,
+        relu=True,
+        residual=(res_chg, res_start, res_ref, True),
+        change=(got_chg, chg_ref),
+    )
+    np.testing.assert_allclose(got_chg, chg, **tol)
     # a residual with no tile: its reference only
     kernels.conv_per_tap(
         got,
@@ -272,7 +301,7 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
         rows,
         block,
         relu=True,
-        residual=(None, out_start, res_ref),
+        residual=(None, out_start, res_ref, False),
     )
     res = kernels.gather(None, None, res_ref, seq, out_start, width)
     want = want - kernels.gather(res_tile, res_start, res_ref, seq, out_start, width)
@@ -423,7 +452,34 @@ def test_per_tap_convolutions_write_residual_adds_and_changes():
         )
     }
     assert prep.emit_change
+    # adds nothing reads but fused convolutions are kept as their change alone
+    assert prep.no_values == {"add1", "add2"}
     # (its ISM equals the reference's: test_per_tap_convolutions_equal_reference)
+
+
+def test_a_node_kept_as_its_change_reads_back_as_its_values():
+    """Any other reader of a node kept as its change gets reference plus
+    change: here a window convolution and an add read one."""
+    from ismkernel.backends.cpu import executor
+
+    name = "bpnet_mini.k3.keras"
+    model = ismkernel.load_model(fixture_path(name))
+    x = fixture_inputs(fixture_data(name), "float")[0]
+    init = executor._Prepared.__init__
+
+    def keep_add3_as_change(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        assert self.result["rconv3"] == "add3"
+        self.emit_change.add("rconv3")
+        self.no_values.add("add3")
+
+    ref = ismkernel.ism(model, x, backend="reference")
+    with (
+        _per_tap_everywhere(),
+        mock.patch.object(executor._Prepared, "__init__", keep_add3_as_change),
+    ):
+        cpu = ismkernel.ism(model, x, backend="cpu")
+    assert_same_ism(ref, cpu)
 
 
 def test_results_do_not_depend_on_threads():

@@ -42,6 +42,7 @@ class _State:
     start: np.ndarray | None = None  # (n_mut,) window starts
     value: np.ndarray | None = None  # (n_mut, *shape) for full nodes
     change: np.ndarray | None = None  # tile minus reference, where computed
+    # (a node with a change and no tile is kept as its change alone)
 
 
 class _Pool:
@@ -196,14 +197,18 @@ class _Prepared:
                 self.relu_after.add(name)
                 self.relu_done.add(after[0])
         # A residual block's add, relu(conv(.)) + x, on the convolution's
-        # windows, is written by a per-tap convolution too, and the result's
+        # windows, is written by the delta convolution too, and the result's
         # change from its reference as well where a delta convolution reads
         # it next: one pass over each output row instead of four.
         self.residual: dict[str, str] = {}  # convolution -> the other addend
         self.add_done: dict[str, str] = {}  # adds they compute -> their ReLU
-        self.result: dict[str, str] = {}  # per-tap convolution -> node it writes
+        self.result: dict[str, str] = {}  # delta convolution -> node it writes
         for name in graph.nodes:
-            if plan.nodes[name].strategy != "delta-per-tap":
+            strategy = plan.nodes[name].strategy
+            if not (
+                strategy == "delta-per-tap"
+                or (strategy == "delta" and "mats_t" not in self.conv[name])
+            ):
                 continue
             last = name
             if name in self.relu_after:
@@ -224,15 +229,31 @@ class _Prepared:
                     self.add_done[add.name] = last
                     last = add.name
             self.result[name] = last
+        reads_change = {
+            r
+            for r, rp in plan.nodes.items()
+            if isinstance(graph.nodes[r].op, ops.Conv1D)
+            and rp.strategy in ("delta", "delta-per-tap")
+        }
         self.emit_change = {
             name
             for name, last in self.result.items()
-            if any(
-                isinstance(graph.nodes[r].op, ops.Conv1D)
-                and plan.nodes[r].strategy in ("delta", "delta-per-tap")
-                for r in readers[last]
-            )
+            if any(r in reads_change for r in readers[last])
         }
+        # A result that nothing reads but delta convolutions, fused residual
+        # adds and global sums is kept as its change alone: the values are
+        # never written, and read back as reference plus change, in cache.
+        adder = {last: c for c, last in self.result.items() if last in self.add_done}
+        self.no_values: set[str] = set()
+        for name in self.emit_change:
+            last = self.result[name]
+            if last not in outputs and all(
+                r in reads_change
+                or (r in adder and self.residual[adder[r]] == last)
+                or plan.nodes[r].strategy in ("global-avg", "global-sum")
+                for r in readers[last]
+            ):
+                self.no_values.add(last)
 
 
 def _same_windows(a, b) -> bool:
@@ -327,6 +348,15 @@ class _Chunk:
             if state.tile.shape[1] == width and np.array_equal(state.start, start):
                 return state.tile
         out = self._buf(len(self.seq), width, ref.shape[2])
+        if state is not None and state.tile is None and state.change is not None:
+            # kept as its change (only fused readers are planned to read it)
+            values = kernels.gather(
+                None, None, ref, self.seq, state.start, state.change.shape[1]
+            )
+            values += state.change
+            return kernels.gather(
+                values, state.start, ref, self.seq, start, width, out=out
+            )
         if state is None or state.tile is None:
             return kernels.gather(None, None, ref, self.seq, start, width, out=out)
         return kernels.gather(
@@ -366,7 +396,11 @@ class _Chunk:
                 states[name] = self._node(name, node, p, states)
             if name in self.prep.check_zero:
                 st = states[name]
-                same = kernels.unchanged(st.tile, st.start, self.refs[name], self.seq)
+                same = (
+                    kernels.all_zero(st.change)
+                    if st.tile is None
+                    else kernels.unchanged(st.tile, st.start, self.refs[name], self.seq)
+                )
                 if same.any():
                     keep = ~same
                     early += int(same.sum())
@@ -376,11 +410,10 @@ class _Chunk:
                         self.pos_idx[keep],
                         self.alt_idx[keep],
                     )
+                    tile = None if st.tile is None else st.tile[keep]
                     change = None if st.change is None else st.change[keep]
                     states = {
-                        name: _State(
-                            tile=st.tile[keep], start=st.start[keep], change=change
-                        )
+                        name: _State(tile=tile, start=st.start[keep], change=change)
                     }
                     self.pool.put(st.tile)
                     self.pool.put(st.change)
@@ -581,24 +614,13 @@ class _Chunk:
             delta, own = self._change(src, st), True
         relu = name in self.prep.relu_after
         if "per_tap" in info:
-            prep = self.prep
             out = self._buf(n_mut, p.width, op.n_filters)
             # Only rows the mutation can change have a non-zero change.
             pos = self.pos_idx
             rows = per_tap_rows(
                 op, info["left"], st.start, w_in, sp.lo[pos], sp.hi[pos], start, p.width
             )
-            residual = change = None
-            if name in prep.residual:
-                other = prep.residual[name]
-                xs = states.get(other)
-                residual = (
-                    (None, start, self.refs[other])
-                    if xs is None
-                    else (xs.tile, xs.start, self.refs[other])
-                )
-            if name in prep.emit_change:
-                change = (self._buf(*out.shape), self.refs[prep.result[name]])
+            residual, change = self._epilogue(name, start, states, out)
             kernels.conv_per_tap(
                 out,
                 self.refs[name],
@@ -614,7 +636,7 @@ class _Chunk:
             )
             if own:
                 self.pool.put(delta)
-            return out, None if change is None else change[0]
+            return self._results(out, change)
         if "mats_t" in info:
             out = kernels.conv_few_channels(
                 self._buf(n_mut, p.width, op.n_filters),
@@ -643,8 +665,10 @@ class _Chunk:
                 ).reshape(n_mut, w_in, op.kernel_size, fg)
         if own:
             self.pool.put(delta)
-        out = kernels.col2im_ref(
-            self._buf(n_mut, p.width, op.n_filters),
+        out = self._buf(n_mut, p.width, op.n_filters)
+        residual, change = self._epilogue(name, start, states, out)
+        kernels.col2im_ref(
+            out,
             self.refs[name],
             self.seq,
             start,
@@ -654,9 +678,41 @@ class _Chunk:
             op.stride,
             op.dilation,
             relu,
+            residual,
+            change,
         )
         self.pool.put(taps)
-        return out, None
+        return self._results(out, change)
+
+    @staticmethod
+    def _results(out, change):
+        """(tile, change) of a convolution: no tile where the change replaced
+        the values."""
+        if change is None:
+            return out, None
+        if change[0] is out:
+            return None, out
+        return out, change[0]
+
+    def _epilogue(self, name, start, states, out):
+        """What a delta convolution adds after its ReLU (a residual input) and
+        the buffer for its result's change, where the plan fuses them."""
+        prep = self.prep
+        residual = change = None
+        if name in prep.residual:
+            other = prep.residual[name]
+            xs = states.get(other)
+            if xs is None:
+                residual = (None, start, self.refs[other], False)
+            elif xs.tile is None:  # kept as its change
+                residual = (xs.change, xs.start, self.refs[other], True)
+            else:
+                residual = (xs.tile, xs.start, self.refs[other], False)
+        if name in prep.emit_change:
+            last = prep.result[name]
+            into = out if last in prep.no_values else self._buf(*out.shape)
+            change = (into, self.refs[last])
+        return residual, change
 
     def _full_node(self, name, node, p, states) -> np.ndarray:
         if p.strategy == "flatten-dense":
@@ -683,9 +739,14 @@ class _Chunk:
             st = states[src]
             length = self.plan.shapes[src][0]
             if p.strategy != "global-max":
-                change = kernels.change_sum(st.tile, st.start, self.refs[src], self.seq)
+                if st.tile is None:  # kept as its change
+                    change = kernels.sum_rows(st.change)
+                else:
+                    change = kernels.change_sum(
+                        st.tile, st.start, self.refs[src], self.seq
+                    )
                 if p.strategy == "global-avg":
-                    change /= st.tile.dtype.type(length)
+                    change /= change.dtype.type(length)
                 out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
             else:
                 pre, suf = self.extras[name]

@@ -31,6 +31,8 @@ __all__ = [
     "pool_window",
     "lookup_add",
     "unchanged",
+    "all_zero",
+    "sum_rows",
 ]
 
 _OPTS = dict(cache=True, nogil=True, fastmath=False)
@@ -198,8 +200,98 @@ def change_sum(
     return out
 
 
+@numba.njit(inline="always", **_OPTS)
+def _finish_rows(
+    out,
+    m,
+    o0,
+    o1,
+    o_first,
+    s,
+    relu,
+    residual,
+    res,
+    res_start,
+    res_ref,
+    emit,
+    chg,
+    chg_ref,
+):
+    """Rows ``[o0, o1)`` of mutant ``m``'s window (``o_first`` its first row,
+    ``s`` its sequence): the ReLU, then the residual (``residual`` 1: its
+    values on its own window, 2: its change there; its reference elsewhere),
+    then the change from ``chg_ref`` (``emit`` 1: into ``chg``, 2: in place
+    of the values), each if asked. Indexed, not through row views: a view
+    costs two atomic reference-count updates."""
+    n_ch = out.shape[2]
+    r_width = res.shape[1]
+    for o in range(o0, o1):
+        p = o_first + o
+        q = p - res_start[m]
+        inside = 0 <= q < r_width
+        if relu:
+            for c in range(n_ch):
+                out[m, o, c] = _relu1(out[m, o, c])
+        if residual == 1:
+            x, xa, xb = (res, m, q) if inside else (res_ref, s, p)
+            for c in range(n_ch):
+                out[m, o, c] += x[xa, xb, c]
+        elif residual == 2:
+            if inside:
+                for c in range(n_ch):
+                    out[m, o, c] += res_ref[s, p, c] + res[m, q, c]
+            else:
+                for c in range(n_ch):
+                    out[m, o, c] += res_ref[s, p, c]
+        if emit == 1:
+            for c in range(n_ch):
+                chg[m, o, c] = out[m, o, c] - chg_ref[s, p, c]
+        elif emit == 2:
+            for c in range(n_ch):
+                out[m, o, c] -= chg_ref[s, p, c]
+
+
+def _epilogue(out, ref, out_start, residual, change) -> tuple:
+    """The kernels' epilogue arguments from ``residual=(tile, tile_start,
+    ref, is_change)`` (``tile`` may be None: the reference only; with
+    ``is_change`` it holds the residual's change, not its values) and
+    ``change=(chg, chg_ref)`` (``chg`` may be ``out``: the change replaces
+    the values), each optional."""
+    empty = np.empty((len(out_start), 0, out.shape[2]), dtype=out.dtype)
+    mode = 0
+    res, res_start, res_ref = empty, out_start, ref
+    if residual is not None:
+        res, res_start, res_ref, is_change = residual
+        mode = 2 if is_change else 1
+        if res is None:
+            res, res_start = empty, out_start
+    emit, chg, chg_ref = 0, empty, ref
+    if change is not None:
+        chg, chg_ref = change
+        emit = 2 if chg is out else 1
+    return mode, np.ascontiguousarray(res), res_start, res_ref, emit, chg, chg_ref
+
+
 @numba.njit(**_OPTS)
-def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu):
+def _col2im_ref(
+    out,
+    ref,
+    seq,
+    out_start,
+    taps,
+    in_start,
+    left,
+    stride,
+    dilation,
+    relu,
+    residual,
+    res,
+    res_start,
+    res_ref,
+    emit,
+    chg,
+    chg_ref,
+):
     n_mut, width, n_ch = out.shape
     n_in, n_taps = taps.shape[1], taps.shape[2]
     for m in range(n_mut):
@@ -223,9 +315,22 @@ def _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation
                         if 0 <= j < n_in:
                             acc += taps[m, j, k, c]
                     out[m, o, c] = acc
-            if relu:
-                for c in range(n_ch):
-                    out[m, o, c] = _relu1(out[m, o, c])
+            _finish_rows(
+                out,
+                m,
+                o,
+                o + 1,
+                out_start[m],
+                s,
+                relu,
+                residual,
+                res,
+                res_start,
+                res_ref,
+                emit,
+                chg,
+                chg_ref,
+            )
 
 
 def col2im_ref(
@@ -239,12 +344,27 @@ def col2im_ref(
     stride: int,
     dilation: int,
     relu: bool = False,
+    residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
+    change: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
     input rows: :func:`gather` of the reference then :func:`col2im_add`, in
-    one pass that writes each output row once (same sums, same order); with
-    ``relu``, each row then clamped at zero while in cache."""
-    _col2im_ref(out, ref, seq, out_start, taps, in_start, left, stride, dilation, relu)
+    one pass that writes each output row once (same sums, same order); then,
+    while the row is in cache, the ReLU, a residual input and the change from
+    a reference, each if asked (as in :func:`conv_per_tap`)."""
+    _col2im_ref(
+        out,
+        ref,
+        seq,
+        out_start,
+        taps,
+        in_start,
+        left,
+        stride,
+        dilation,
+        relu,
+        *_epilogue(out, ref, out_start, residual, change),
+    )
     return out
 
 
@@ -463,7 +583,6 @@ def _conv_per_tap(
     n_mut, width, n_ch = out.shape
     n_taps, cin = kernel.shape[0], kernel.shape[1]
     w_in = delta.shape[1]
-    r_width = res_tile.shape[1]
     args, scal = _gemm_args(out)
     for m in range(n_mut):
         s = seq[m]
@@ -500,22 +619,22 @@ def _conv_per_tap(
                         (m * width + f + lo) * n_ch,
                         n_ch,
                     )
-            # (indexed, not through row views: a view costs two atomic
-            # reference-count updates)
-            for o in range(o0, o1):
-                p = o_first + o
-                q = p - res_start[m]
-                x, xa, xb = (res_tile, m, q) if 0 <= q < r_width else (res_ref, s, p)
-                for c in range(n_ch):
-                    v = out[m, o, c]
-                    if relu:
-                        v = _relu1(v)
-                    if residual:
-                        v += x[xa, xb, c]
-                    out[m, o, c] = v
-                if emit:
-                    for c in range(n_ch):
-                        chg[m, o, c] = out[m, o, c] - chg_ref[s, p, c]
+            _finish_rows(
+                out,
+                m,
+                o0,
+                o1,
+                o_first,
+                s,
+                relu,
+                residual,
+                res_tile,
+                res_start,
+                res_ref,
+                emit,
+                chg,
+                chg_ref,
+            )
 
 
 def conv_per_tap(
@@ -528,7 +647,7 @@ def conv_per_tap(
     rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     block: int,
     relu: bool = False,
-    residual: tuple[np.ndarray | None, np.ndarray, np.ndarray] | None = None,
+    residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
     change: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """A stride-1 delta convolution, fused: per mutant and block of output
@@ -554,25 +673,18 @@ def conv_per_tap(
         ``first + j``.
     block : int
         Output rows per block.
-    residual : (tile, tile_start, ref), optional
-        A node added after the ReLU: its values on its own window (``tile``
-        may be None: the reference only) and its reference elsewhere.
+    residual : (tile, tile_start, ref, is_change), optional
+        A node added after the ReLU: its values (with ``is_change``, its
+        change) on its own window (``tile`` may be None: the reference only)
+        and its reference elsewhere.
     change : (chg, chg_ref), optional
         Also write ``chg = out - chg_ref`` on the window (the change of the
-        result, for the next delta convolution to read).
+        result, for the next delta convolution to read); with ``chg`` being
+        ``out``, the change replaces the values.
     """
-    dtype = out.dtype
-    empty = np.empty((len(seq), 0, out.shape[2]), dtype=dtype)
-    if residual is None:
-        res_tile, res_start, res_ref = empty, out_start, ref
-    else:
-        res_tile, res_start, res_ref = residual
-        if res_tile is None:
-            res_tile, res_start = empty, out_start
-    chg, chg_ref = (empty, ref) if change is None else change
     first, j0, j1 = rows
     _conv_per_tap(
-        GEMM[np.dtype(dtype)],
+        GEMM[np.dtype(out.dtype)],
         out,
         ref,
         seq,
@@ -584,13 +696,7 @@ def conv_per_tap(
         j1,
         int(block),
         relu,
-        residual is not None,
-        np.ascontiguousarray(res_tile),
-        res_start,
-        res_ref,
-        change is not None,
-        chg,
-        chg_ref,
+        *_epilogue(out, ref, out_start, residual, change),
     )
     return out
 
@@ -773,6 +879,49 @@ def lookup_add(
         stride,
         dilation,
     )
+    return out
+
+
+@numba.njit(**_OPTS)
+def _sum_rows(x, out):
+    n_mut, width, n_ch = x.shape
+    for m in range(n_mut):
+        for c in range(n_ch):
+            out[m, c] = 0
+        for j in range(width):
+            for c in range(n_ch):
+                out[m, c] += x[m, j, c]
+
+
+def sum_rows(x: np.ndarray) -> np.ndarray:
+    """Per mutant and channel, ``x`` summed over its rows in order (the order
+    :func:`change_sum` adds the same differences in)."""
+    out = np.empty((x.shape[0], x.shape[2]), dtype=x.dtype)
+    _sum_rows(np.ascontiguousarray(x), out)
+    return out
+
+
+@numba.njit(**_OPTS)
+def _all_zero(x, out):
+    n_mut, width, n_ch = x.shape
+    for m in range(n_mut):
+        zero = True
+        for j in range(width):
+            for c in range(n_ch):
+                if x[m, j, c] != 0:
+                    zero = False
+                    break
+            if not zero:
+                break
+        out[m] = zero
+
+
+def all_zero(x: np.ndarray) -> np.ndarray:
+    """Per mutant, whether its change is zero on every row: :func:`unchanged`
+    for a node kept as its change (``a - b == 0`` exactly when ``a == b``;
+    a NaN or infinite difference counts as a change)."""
+    out = np.empty(x.shape[0], dtype=np.bool_)
+    _all_zero(np.ascontiguousarray(x), out)
     return out
 
 
