@@ -323,15 +323,31 @@ def test_conv_few_channels_equals_a_loop(dtype, relu):
     w_in, width = 9, 17
     in_start = np.array([0, 2, 8, 21, 21, 12])
     out_start = np.clip(in_start - 4, 0, length - width)
+    # the rows that can change: a sub-range of each window (none for one)
+    j0 = np.array([0, 3, 0, 2, 9, 4])
+    j1 = np.array([9, 9, 5, 7, 9, 4])
     delta = rng.standard_normal((n_mut, w_in, cin)).astype(dtype)
+    for m in range(n_mut):
+        delta[m, : j0[m]] = delta[m, j1[m] :] = 0
     want = _conv_delta_loop(
         ref, seq, out_start, width, delta, kernel, in_start, left, dilation
     )
     if relu:
         want = np.maximum(want, 0)
+    delta[:, 0] = np.where((j0 > 0)[:, None], np.nan, delta[:, 0])  # never read
     got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
     kernels.conv_few_channels(
-        got, ref, seq, out_start, delta, mats_t, in_start, left, dilation, relu
+        got,
+        ref,
+        seq,
+        out_start,
+        delta,
+        mats_t,
+        in_start,
+        (j0, j1),
+        left,
+        dilation,
+        relu,
     )
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
     np.testing.assert_allclose(got, want, **tol)
@@ -396,6 +412,24 @@ def test_per_tap_flops_count_the_changed_products_landing_in_the_window():
                 n += p.start[i] <= o < p.start[i] + p.width
         counts.append(n)
     assert p.flops_plan == pytest.approx(2 * np.mean(counts) * 4 * 3)
+
+
+def test_few_channel_flops_count_the_changed_rows():
+    from ismkernel.plan import build_plan
+
+    b = Builder(40)
+    c1 = b.conv(b.seq, 4, 5)
+    c2 = b.conv(c1, 2, 7, dilation=3)
+    b.g.outputs = b.g.output_names = [c2]
+    graph = b.g.finalize()
+    plan = build_plan(graph, graph.inputs[0], {graph.inputs[0]: (40, 4)}, np.arange(40))
+    src, p = plan.nodes[c1], plan.nodes[c2]
+    assert p.strategy == "delta-few-channels"
+    rows = [  # brute force: window rows a mutation at i can change
+        sum(src.lo[i] <= src.start[i] + j < src.hi[i] for j in range(src.width))
+        for i in range(40)
+    ]
+    assert p.flops_plan == pytest.approx(2 * np.mean(rows) * 7 * 4 * 2)
 
 
 def test_convolutions_apply_the_relu_that_follows_them():

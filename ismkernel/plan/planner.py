@@ -42,7 +42,14 @@ from ismkernel.plan.intervals import (
     hull,
 )
 
-__all__ = ["NodePlan", "Plan", "build_plan", "concrete_shapes", "per_tap_rows"]
+__all__ = [
+    "NodePlan",
+    "Plan",
+    "build_plan",
+    "changed_rows",
+    "concrete_shapes",
+    "per_tap_rows",
+]
 
 _LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
 _POINTWISE = (
@@ -78,6 +85,8 @@ class NodePlan:
         the changed row), ``delta`` (convolution of the change of the input
         window), ``delta-per-tap`` (the same, one GEMM per kernel tap on the
         input rows whose product lands in the window: for wide windows),
+        ``delta-few-channels`` (the same for few output channels, a profile
+        head: the products of the changed input rows only, rows last),
         ``window`` (convolution recomputed on the window), ``pool``,
         ``pointwise``, ``gather`` (merge, concatenate, crop, pad, upsample),
         ``virtual``, ``flatten-dense`` (Dense rows of the window applied to its
@@ -339,6 +348,15 @@ def per_tap_rows(
     return first, j0, j1
 
 
+def changed_rows(
+    in_start: np.ndarray, in_width: int, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[j0, j1)`` of an input window ``[in_start, in_start +
+    in_width)`` that lie in the changed rows ``[lo, hi)``, per mutant."""
+    j0 = np.clip(lo - in_start, 0, in_width)
+    return j0, np.maximum(np.clip(hi - in_start, 0, in_width), j0)
+
+
 def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
     """Mean FLOPs per mutant of a stride-1 delta convolution run one tap at a
     time on only the changed input rows whose product lands in the output
@@ -584,6 +602,16 @@ def _cost(
             ):
                 p.strategy = "delta-per-tap"
                 p.flops_plan = _per_tap_flops(op, cin, src, p)
+                p.bytes_per_mutant += src.width * cin * itemsize
+            elif (
+                op.groups == 1
+                and op.stride == 1
+                and op.n_filters < config.CPU_FEW_CHANNELS
+            ):
+                j0, j1 = changed_rows(src.start, src.width, src.lo, src.hi)
+                rows = float((j1 - j0).mean()) if j0.size else 0.0
+                p.strategy = "delta-few-channels"
+                p.flops_plan = 2.0 * rows * op.kernel_size * cin * op.n_filters
                 p.bytes_per_mutant += src.width * cin * itemsize
             else:
                 p.strategy, p.flops_plan = "delta", delta

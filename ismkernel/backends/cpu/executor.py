@@ -26,7 +26,7 @@ from ismkernel.backends.cpu import kernels
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
 from ismkernel.ir import nodes as ops
 from ismkernel.plan import Plan, build_plan
-from ismkernel.plan.planner import is_row_local, per_tap_rows
+from ismkernel.plan.planner import changed_rows, is_row_local, per_tap_rows
 
 __all__ = ["cpu_ism", "CpuRun"]
 
@@ -129,12 +129,7 @@ class _Prepared:
                 info = dict(left=left, mats=mats, cg=cg, fg=fg)
                 if p.strategy == "delta-per-tap":
                     info["per_tap"] = np.ascontiguousarray(kernel)
-                if (
-                    p.strategy == "delta"
-                    and op.groups == 1
-                    and op.stride == 1
-                    and op.n_filters < config.CPU_FEW_CHANNELS
-                ):
+                if p.strategy == "delta-few-channels":
                     # products laid out (tap, channel, row): conv_few_channels
                     info["mats_t"] = np.ascontiguousarray(mats[0].T)
                 if p.strategy == "lookup":
@@ -187,7 +182,7 @@ class _Prepared:
             p = plan.nodes[name]
             after = readers[name]
             if (
-                p.strategy in ("delta", "delta-per-tap")
+                p.strategy in ("delta", "delta-per-tap", "delta-few-channels")
                 and len(after) == 1
                 and name not in outputs
                 and name not in self.check_zero
@@ -205,10 +200,7 @@ class _Prepared:
         self.result: dict[str, str] = {}  # delta convolution -> node it writes
         for name in graph.nodes:
             strategy = plan.nodes[name].strategy
-            if not (
-                strategy == "delta-per-tap"
-                or (strategy == "delta" and "mats_t" not in self.conv[name])
-            ):
+            if strategy not in ("delta", "delta-per-tap"):
                 continue
             last = name
             if name in self.relu_after:
@@ -233,7 +225,7 @@ class _Prepared:
             r
             for r, rp in plan.nodes.items()
             if isinstance(graph.nodes[r].op, ops.Conv1D)
-            and rp.strategy in ("delta", "delta-per-tap")
+            and rp.strategy in ("delta", "delta-per-tap", "delta-few-channels")
         }
         self.emit_change = {
             name
@@ -638,6 +630,7 @@ class _Chunk:
                 self.pool.put(delta)
             return self._results(out, change)
         if "mats_t" in info:
+            pos = self.pos_idx
             out = kernels.conv_few_channels(
                 self._buf(n_mut, p.width, op.n_filters),
                 self.refs[name],
@@ -646,6 +639,7 @@ class _Chunk:
                 delta,
                 info["mats_t"],
                 st.start,
+                changed_rows(st.start, w_in, sp.lo[pos], sp.hi[pos]),
                 info["left"],
                 op.dilation,
                 relu,

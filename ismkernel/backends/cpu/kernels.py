@@ -378,6 +378,8 @@ def _conv_few_channels(
     delta,
     mats_t,
     in_start,
+    j0,
+    j1,
     left,
     dilation,
     relu,
@@ -389,27 +391,30 @@ def _conv_few_channels(
     n_taps = mats_t.shape[0] // n_ch
     args, scal = _gemm_args(out)
     for m in range(n_mut):
-        # taps[k * n_ch + c, j]: input row j times tap k, for channel c
-        _gemm(
-            gemm,
-            args,
-            scal,
-            False,
-            True,
-            n_taps * n_ch,
-            n_in,
-            cin,
-            mats_t,
-            0,
-            cin,
-            delta,
-            m * n_in * cin,
-            cin,
-            False,
-            taps,
-            0,
-            n_in,
-        )
+        # taps[k * n_ch + c, j - a]: changed input row j times tap k, for
+        # channel c (the other rows' change is zero)
+        a, b = j0[m], j1[m]
+        if b > a:
+            _gemm(
+                gemm,
+                args,
+                scal,
+                False,
+                True,
+                n_taps * n_ch,
+                b - a,
+                cin,
+                mats_t,
+                0,
+                cin,
+                delta,
+                (m * n_in + a) * cin,
+                cin,
+                False,
+                taps,
+                0,
+                n_in,
+            )
         s = seq[m]
         o0 = out_start[m]
         for c in range(n_ch):
@@ -418,14 +423,14 @@ def _conv_few_channels(
             for k in range(n_taps):
                 # output row o0 + o reads input window row o + base
                 base = o0 - left + k * dilation - in_start[m]
-                lo = max(0, -base)
-                hi = min(width, n_in - base)
+                lo = max(0, a - base)
+                hi = min(width, b - base)
                 if hi <= lo:
                     continue
                 # (views from index 0: no negative-index wrapping, so the
                 # contiguous run vectorises)
                 dst = acc[lo:hi]
-                src = taps[k * n_ch + c, lo + base :]
+                src = taps[k * n_ch + c, lo + base - a :]
                 for i in range(hi - lo):
                     dst[i] += src[i]
             for o in range(width):
@@ -440,6 +445,7 @@ def conv_few_channels(
     delta: np.ndarray,
     mats_t: np.ndarray,
     in_start: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray],
     left: int,
     dilation: int,
     relu: bool = False,
@@ -460,6 +466,10 @@ def conv_few_channels(
         The change of the input on its window.
     mats_t : ndarray (kernel_size * n_filters, n_channels), C-contiguous
         Row ``k * n_filters + c`` is tap ``k`` of output channel ``c``.
+    rows : (j0, j1), each ndarray of int64 (n_mut,)
+        The input window rows ``[j0, j1)`` whose change may be non-zero
+        (:func:`ismkernel.plan.planner.changed_rows`): only they are
+        multiplied.
     left, dilation : int
         The convolution's left padding and dilation.
     """
@@ -475,6 +485,8 @@ def conv_few_channels(
         delta,
         mats_t,
         in_start,
+        rows[0],
+        rows[1],
         left,
         dilation,
         relu,
