@@ -162,6 +162,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     machine = machine_info()
+    if machine["openblas_coretype"]:
+        print(
+            f"note: OPENBLAS_CORETYPE={machine['openblas_coretype']} holds OpenBLAS "
+            "to that core's kernels (BLAS: "
+            + ", ".join(str(b["architecture"]) for b in machine["blas"])
+            + "); unset it to time this CPU's own",
+            flush=True,
+        )
     rate = sgemm_rate()
     result = dict(kind="cpu", machine=machine, sgemm_flops_per_second=rate, models=[])
     print(f"float32 GEMM (NumPy BLAS): {rate / 1e9:.1f} GFLOP/s", flush=True)
