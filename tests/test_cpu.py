@@ -245,8 +245,13 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
     )
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
 
+    def conv(out, **epilogue):
+        return kernels.conv_per_tap(
+            out, ref, seq, out_start, delta, kernel, rows, block, **epilogue
+        )
+
     got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
-    kernels.conv_per_tap(got, ref, seq, out_start, delta, kernel, rows, block)
+    conv(got)
     np.testing.assert_allclose(got, want, **tol)
 
     # ReLU, then a residual whose own window covers part of the output window
@@ -254,15 +259,8 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
     res_tile = rng.standard_normal((n_mut, width - 4, cout)).astype(dtype)
     res = kernels.gather(res_tile, res_start, res_ref, seq, out_start, width)
     chg = np.full_like(got, np.nan)
-    kernels.conv_per_tap(
+    conv(
         got,
-        ref,
-        seq,
-        out_start,
-        delta,
-        kernel,
-        rows,
-        block,
         relu=True,
         residual=(res_tile, res_start, res_ref, False),
         change=(chg, chg_ref),
@@ -276,33 +274,15 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
     # place of its values
     res_chg = res_tile - kernels.gather(None, None, res_ref, seq, res_start, width - 4)
     got_chg = np.full_like(got, np.nan)
-    kernels.conv_per_tap(
+    conv(
         got_chg,
-        ref,
-        seq,
-        out_start,
-        delta,
-        kernel,
-        rows,
-        block,
         relu=True,
         residual=(res_chg, res_start, res_ref, True),
         change=(got_chg, chg_ref),
     )
     np.testing.assert_allclose(got_chg, chg, **tol)
     # a residual with no tile: its reference only
-    kernels.conv_per_tap(
-        got,
-        ref,
-        seq,
-        out_start,
-        delta,
-        kernel,
-        rows,
-        block,
-        relu=True,
-        residual=(None, out_start, res_ref, False),
-    )
+    conv(got, relu=True, residual=(None, out_start, res_ref, False))
     res = kernels.gather(None, None, res_ref, seq, out_start, width)
     want = want - kernels.gather(res_tile, res_start, res_ref, seq, out_start, width)
     np.testing.assert_allclose(got, want + res, **tol)

@@ -324,6 +324,15 @@ def _conv_costs(op: ops.Conv1D, cin: int, w_in: int, w_out: int) -> tuple[float,
     return delta, window, delta_cost, window_cost
 
 
+def changed_rows(
+    in_start: np.ndarray, in_width: int, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[j0, j1)`` of an input window ``[in_start, in_start +
+    in_width)`` that lie in the changed rows ``[lo, hi)``, per mutant."""
+    j0 = np.clip(lo - in_start, 0, in_width)
+    return j0, np.maximum(np.clip(hi - in_start, 0, in_width), j0)
+
+
 def per_tap_rows(
     op: ops.Conv1D,
     left: int,
@@ -343,18 +352,8 @@ def per_tap_rows(
     """
     shift = in_start - out_start + left
     first = shift[None, :] - op.dilation * np.arange(op.kernel_size)[:, None]
-    j0 = np.maximum(np.maximum(0, -first), (lo - in_start)[None, :])
-    j1 = np.minimum(np.minimum(in_width, out_width - first), (hi - in_start)[None, :])
-    return first, j0, j1
-
-
-def changed_rows(
-    in_start: np.ndarray, in_width: int, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[j0, j1)`` of an input window ``[in_start, in_start +
-    in_width)`` that lie in the changed rows ``[lo, hi)``, per mutant."""
-    j0 = np.clip(lo - in_start, 0, in_width)
-    return j0, np.maximum(np.clip(hi - in_start, 0, in_width), j0)
+    j0, j1 = changed_rows(in_start, in_width, lo, hi)
+    return first, np.maximum(j0[None, :], -first), np.minimum(j1, out_width - first)
 
 
 def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
@@ -593,7 +592,6 @@ def _cost(
             p.strategy, p.flops_plan = "lookup", float(op.kernel_size * op.n_filters)
             p.bytes_per_mutant += op.kernel_size * op.n_filters * itemsize
         elif delta_cost <= window_cost:
-            taps_bytes = src.width * op.kernel_size * op.n_filters * itemsize
             if (
                 op.groups == 1
                 and op.stride == 1
@@ -615,6 +613,7 @@ def _cost(
                 p.bytes_per_mutant += src.width * cin * itemsize
             else:
                 p.strategy, p.flops_plan = "delta", delta
+                taps_bytes = src.width * op.kernel_size * op.n_filters * itemsize
                 p.bytes_per_mutant += taps_bytes + src.width * cin * itemsize
         else:
             p.strategy, p.flops_plan = "window", window

@@ -311,12 +311,6 @@ class _Chunk:
     def _buf(self, *shape) -> np.ndarray:
         return self.pool.get(shape, self.prep.dtype)
 
-    def _ref_window(self, name: str, start: np.ndarray, width: int) -> np.ndarray:
-        """Reference rows ``[start, start + width)`` of ``name`` per mutant (pooled)."""
-        ref = self.refs[name]
-        out = self._buf(len(self.seq), width, ref.shape[2])
-        return kernels.gather(None, None, ref, self.seq, start, width, out=out)
-
     def _change(self, name: str, st: _State) -> np.ndarray:
         """Mutant minus reference on the tile's window of node ``name`` (pooled)."""
         out = self._buf(*st.tile.shape)
@@ -463,12 +457,11 @@ class _Chunk:
                 out=self._buf(len(self.seq), p.width, plan.shapes[src][1]),
             )
             return _State(tile=out, start=start)
-        if name in self.prep.relu_done:  # applied by the convolution
-            st = states[node.inputs[0]]
-            return _State(tile=st.tile, start=st.start, change=st.change)
-        if name in self.prep.add_done:  # computed by the convolution
-            st = states[self.prep.add_done[name]]
-            return _State(tile=st.tile, start=st.start, change=st.change)
+        if name in self.prep.relu_done or name in self.prep.add_done:
+            # computed by the convolution before: share its state
+            return dataclasses.replace(
+                states[self.prep.add_done.get(name, node.inputs[0])]
+            )
         if is_row_local(op):
             src = node.inputs[0]
             st = states.get(src)

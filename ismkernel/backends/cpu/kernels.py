@@ -209,20 +209,16 @@ def _finish_rows(
     o_first,
     s,
     relu,
-    residual,
-    res,
-    res_start,
-    res_ref,
-    emit,
-    chg,
-    chg_ref,
+    epilogue,
 ):
     """Rows ``[o0, o1)`` of mutant ``m``'s window (``o_first`` its first row,
     ``s`` its sequence): the ReLU, then the residual (``residual`` 1: its
     values on its own window, 2: its change there; its reference elsewhere),
     then the change from ``chg_ref`` (``emit`` 1: into ``chg``, 2: in place
     of the values), each if asked. Indexed, not through row views: a view
-    costs two atomic reference-count updates."""
+    costs two atomic reference-count updates. ``epilogue`` is what
+    :func:`_epilogue` returns."""
+    residual, res, res_start, res_ref, emit, chg, chg_ref = epilogue
     n_ch = out.shape[2]
     r_width = res.shape[1]
     for o in range(o0, o1):
@@ -284,13 +280,7 @@ def _col2im_ref(
     stride,
     dilation,
     relu,
-    residual,
-    res,
-    res_start,
-    res_ref,
-    emit,
-    chg,
-    chg_ref,
+    epilogue,
 ):
     n_mut, width, n_ch = out.shape
     n_in, n_taps = taps.shape[1], taps.shape[2]
@@ -323,13 +313,7 @@ def _col2im_ref(
                 out_start[m],
                 s,
                 relu,
-                residual,
-                res,
-                res_start,
-                res_ref,
-                emit,
-                chg,
-                chg_ref,
+                epilogue,
             )
 
 
@@ -363,7 +347,7 @@ def col2im_ref(
         stride,
         dilation,
         relu,
-        *_epilogue(out, ref, out_start, residual, change),
+        _epilogue(out, ref, out_start, residual, change),
     )
     return out
 
@@ -584,13 +568,7 @@ def _conv_per_tap(
     j1,
     block,
     relu,
-    residual,
-    res_tile,
-    res_start,
-    res_ref,
-    emit,
-    chg,
-    chg_ref,
+    epilogue,
 ):
     n_mut, width, n_ch = out.shape
     n_taps, cin = kernel.shape[0], kernel.shape[1]
@@ -639,13 +617,7 @@ def _conv_per_tap(
                 o_first,
                 s,
                 relu,
-                residual,
-                res_tile,
-                res_start,
-                res_ref,
-                emit,
-                chg,
-                chg_ref,
+                epilogue,
             )
 
 
@@ -708,7 +680,7 @@ def conv_per_tap(
         j1,
         int(block),
         relu,
-        *_epilogue(out, ref, out_start, residual, change),
+        _epilogue(out, ref, out_start, residual, change),
     )
     return out
 
