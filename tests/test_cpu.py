@@ -225,7 +225,6 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
     op = ops.Conv1D(n_filters=cout, kernel_size=n_taps, dilation=dilation)
     ref = rng.standard_normal((2, length, cout)).astype(dtype)
     res_ref = rng.standard_normal((2, length, cout)).astype(dtype)
-    chg_ref = rng.standard_normal((2, length, cout)).astype(dtype)
     kernel = rng.standard_normal((n_taps, cin, cout)).astype(dtype)
     seq = rng.integers(0, 2, n_mut)
     w_in, width = 11, 11 + 2 * dilation
@@ -263,12 +262,14 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
         got,
         relu=True,
         residual=(res_tile, res_start, res_ref, False),
-        change=(chg, chg_ref),
+        change=chg,
     )
     want = np.maximum(want, 0) + res
     np.testing.assert_allclose(got, want, **tol)
-    np.testing.assert_array_equal(
-        chg, got - kernels.gather(None, None, chg_ref, seq, out_start, width)
+    # the change from the result's reference, relu(ref) plus the residual's
+    result_ref = np.maximum(ref, 0) + res_ref
+    np.testing.assert_allclose(
+        chg, got - kernels.gather(None, None, result_ref, seq, out_start, width), **tol
     )
     # the residual given as its change, and the result's change written in
     # place of its values
@@ -278,9 +279,20 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
         got_chg,
         relu=True,
         residual=(res_chg, res_start, res_ref, True),
-        change=(got_chg, chg_ref),
+        change=got_chg,
     )
     np.testing.assert_allclose(got_chg, chg, **tol)
+    # no ReLU, no residual: the change is the products alone
+    plain = np.full_like(got, np.nan)
+    conv(plain, change=plain)
+    np.testing.assert_allclose(
+        plain,
+        _conv_delta_loop(
+            ref, seq, out_start, width, delta, kernel, in_start, left, dilation
+        )
+        - kernels.gather(None, None, ref, seq, out_start, width),
+        **tol,
+    )
     # a residual with no tile: its reference only
     conv(got, relu=True, residual=(None, out_start, res_ref, False))
     res = kernels.gather(None, None, res_ref, seq, out_start, width)

@@ -675,11 +675,9 @@ class _Chunk:
     def _results(out, change):
         """(tile, change) of a convolution: no tile where the change replaced
         the values."""
-        if change is None:
-            return out, None
-        if change[0] is out:
+        if change is out:
             return None, out
-        return out, change[0]
+        return out, change
 
     def _epilogue(self, name, start, states, out):
         """What a delta convolution adds after its ReLU (a residual input) and
@@ -697,8 +695,7 @@ class _Chunk:
                 residual = (xs.tile, xs.start, self.refs[other], False)
         if name in prep.emit_change:
             last = prep.result[name]
-            into = out if last in prep.no_values else self._buf(*out.shape)
-            change = (into, self.refs[last])
+            change = out if last in prep.no_values else self._buf(*out.shape)
         return residual, change
 
     def _full_node(self, name, node, p, states) -> np.ndarray:

@@ -208,30 +208,69 @@ def _finish_rows(
     o1,
     o_first,
     s,
+    ref,
     relu,
     epilogue,
 ):
     """Rows ``[o0, o1)`` of mutant ``m``'s window (``o_first`` its first row,
-    ``s`` its sequence): the ReLU, then the residual (``residual`` 1: its
-    values on its own window, 2: its change there; its reference elsewhere),
-    then the change from ``chg_ref`` (``emit`` 1: into ``chg``, 2: in place
-    of the values), each if asked. Indexed, not through row views: a view
-    costs two atomic reference-count updates. ``epilogue`` is what
-    :func:`_epilogue` returns."""
-    residual, res, res_start, res_ref, emit, chg, chg_ref = epilogue
+    ``s`` its sequence), holding the convolution's output, of which ``ref``
+    is the reference: the ReLU, then the residual (``residual`` 1: its values
+    on its own window, 2: its change there; its reference elsewhere), each
+    if asked. With ``emit`` 1 the result's change from its reference is
+    written to ``chg`` too, with ``emit`` 2 in place of the values; that
+    change is formed from the changes of its parts, ``act(out) - act(ref)``
+    plus the residual's, so no reference of the result is read (and a change
+    that is exactly zero in every part stays exactly zero). ``epilogue`` is
+    what :func:`_epilogue` returns.
+
+    Each case is its own loop over channels, indexed through the arrays
+    themselves: a flag tested inside the loop, an array chosen at run time,
+    a row view (two atomic reference-count updates) or ``out`` passed on
+    under a second name each kept the loop from vectorising (5x slower)."""
+    residual, res, res_start, res_ref, emit, chg = epilogue
     n_ch = out.shape[2]
     r_width = res.shape[1]
     for o in range(o0, o1):
         p = o_first + o
         q = p - res_start[m]
         inside = 0 <= q < r_width
+        if emit == 2:  # the change in place of the values
+            if relu:
+                for c in range(n_ch):
+                    out[m, o, c] = _relu1(out[m, o, c]) - _relu1(ref[s, p, c])
+            else:
+                for c in range(n_ch):
+                    out[m, o, c] = out[m, o, c] - ref[s, p, c]
+            if residual == 1 and inside:
+                for c in range(n_ch):
+                    out[m, o, c] += res[m, q, c] - res_ref[s, p, c]
+            elif residual == 2 and inside:
+                for c in range(n_ch):
+                    out[m, o, c] += res[m, q, c]
+            continue
+        if emit == 1:  # the change, from the values before the epilogue
+            if relu:
+                for c in range(n_ch):
+                    chg[m, o, c] = _relu1(out[m, o, c]) - _relu1(ref[s, p, c])
+            else:
+                for c in range(n_ch):
+                    chg[m, o, c] = out[m, o, c] - ref[s, p, c]
+            if residual == 1 and inside:
+                for c in range(n_ch):
+                    chg[m, o, c] += res[m, q, c] - res_ref[s, p, c]
+            elif residual == 2 and inside:
+                for c in range(n_ch):
+                    chg[m, o, c] += res[m, q, c]
         if relu:
             for c in range(n_ch):
                 out[m, o, c] = _relu1(out[m, o, c])
         if residual == 1:
-            x, xa, xb = (res, m, q) if inside else (res_ref, s, p)
-            for c in range(n_ch):
-                out[m, o, c] += x[xa, xb, c]
+            if inside:
+                for c in range(n_ch):
+                    out[m, o, c] += res[m, q, c]
+            else:
+                for c in range(n_ch):
+                    out[m, o, c] += res_ref[s, p, c]
         elif residual == 2:
             if inside:
                 for c in range(n_ch):
@@ -239,33 +278,27 @@ def _finish_rows(
             else:
                 for c in range(n_ch):
                     out[m, o, c] += res_ref[s, p, c]
-        if emit == 1:
-            for c in range(n_ch):
-                chg[m, o, c] = out[m, o, c] - chg_ref[s, p, c]
-        elif emit == 2:
-            for c in range(n_ch):
-                out[m, o, c] -= chg_ref[s, p, c]
 
 
-def _epilogue(out, ref, out_start, residual, change) -> tuple:
+def _epilogue(out, out_start, residual, change) -> tuple:
     """The kernels' epilogue arguments from ``residual=(tile, tile_start,
     ref, is_change)`` (``tile`` may be None: the reference only; with
     ``is_change`` it holds the residual's change, not its values) and
-    ``change=(chg, chg_ref)`` (``chg`` may be ``out``: the change replaces
-    the values), each optional."""
+    ``change``, the array for the result's change (may be ``out``: the
+    change replaces the values), each optional."""
     empty = np.empty((len(out_start), 0, out.shape[2]), dtype=out.dtype)
     mode = 0
-    res, res_start, res_ref = empty, out_start, ref
+    res, res_start, res_ref = empty, out_start, empty
     if residual is not None:
         res, res_start, res_ref, is_change = residual
         mode = 2 if is_change else 1
         if res is None:
             res, res_start = empty, out_start
-    emit, chg, chg_ref = 0, empty, ref
+    emit, chg = 0, empty
     if change is not None:
-        chg, chg_ref = change
+        chg = change
         emit = 2 if chg is out else 1
-    return mode, np.ascontiguousarray(res), res_start, res_ref, emit, chg, chg_ref
+    return mode, np.ascontiguousarray(res), res_start, res_ref, emit, chg
 
 
 @numba.njit(**_OPTS)
@@ -305,16 +338,7 @@ def _col2im_ref(
                         if 0 <= j < n_in:
                             acc += taps[m, j, k, c]
                     out[m, o, c] = acc
-            _finish_rows(
-                out,
-                m,
-                o,
-                o + 1,
-                out_start[m],
-                s,
-                relu,
-                epilogue,
-            )
+            _finish_rows(out, m, o, o + 1, out_start[m], s, ref, relu, epilogue)
 
 
 def col2im_ref(
@@ -329,13 +353,13 @@ def col2im_ref(
     dilation: int,
     relu: bool = False,
     residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
-    change: tuple[np.ndarray, np.ndarray] | None = None,
+    change: np.ndarray | None = None,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
     input rows: :func:`gather` of the reference then :func:`col2im_add`, in
     one pass that writes each output row once (same sums, same order); then,
-    while the row is in cache, the ReLU, a residual input and the change from
-    a reference, each if asked (as in :func:`conv_per_tap`)."""
+    while the row is in cache, the ReLU, a residual input and the result's
+    change, each if asked (as in :func:`conv_per_tap`)."""
     _col2im_ref(
         out,
         ref,
@@ -347,7 +371,7 @@ def col2im_ref(
         stride,
         dilation,
         relu,
-        _epilogue(out, ref, out_start, residual, change),
+        _epilogue(out, out_start, residual, change),
     )
     return out
 
@@ -574,11 +598,14 @@ def _conv_per_tap(
     n_taps, cin = kernel.shape[0], kernel.shape[1]
     w_in = delta.shape[1]
     args, scal = _gemm_args(out)
-    for m in range(n_mut):
-        s = seq[m]
-        o_first = out_start[m]
-        for o0 in range(0, width, block):
-            o1 = min(width, o0 + block)
+    # Blocks outer, mutants inner: a block's reference rows (where the
+    # windows agree, as on wide layers) and the kernel stay in cache while
+    # every mutant's rows stream through.
+    for o0 in range(0, width, block):
+        o1 = min(width, o0 + block)
+        for m in range(n_mut):
+            s = seq[m]
+            o_first = out_start[m]
             for o in range(o0, o1):
                 for c in range(n_ch):
                     out[m, o, c] = ref[s, o_first + o, c]
@@ -609,16 +636,7 @@ def _conv_per_tap(
                         (m * width + f + lo) * n_ch,
                         n_ch,
                     )
-            _finish_rows(
-                out,
-                m,
-                o0,
-                o1,
-                o_first,
-                s,
-                relu,
-                epilogue,
-            )
+            _finish_rows(out, m, o0, o1, o_first, s, ref, relu, epilogue)
 
 
 def conv_per_tap(
@@ -632,13 +650,13 @@ def conv_per_tap(
     block: int,
     relu: bool = False,
     residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
-    change: tuple[np.ndarray, np.ndarray] | None = None,
+    change: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A stride-1 delta convolution, fused: per mutant and block of output
-    rows, the reference rows, plus each tap's products of the changed input
+    """A stride-1 delta convolution, fused: per block of output rows and
+    mutant, the reference rows, plus each tap's products of the changed input
     rows (BLAS, accumulating into the block while it is in cache), then in
-    the same pass the ReLU, the residual input and the change from a
-    reference, each if asked.
+    the same pass the ReLU, the residual input and the result's change, each
+    if asked.
 
     Parameters
     ----------
@@ -661,10 +679,12 @@ def conv_per_tap(
         A node added after the ReLU: its values (with ``is_change``, its
         change) on its own window (``tile`` may be None: the reference only)
         and its reference elsewhere.
-    change : (chg, chg_ref), optional
-        Also write ``chg = out - chg_ref`` on the window (the change of the
-        result, for the next delta convolution to read); with ``chg`` being
-        ``out``, the change replaces the values.
+    change : ndarray (n_mut, width, n_filters), optional
+        Also write the result's change from its reference on the window (for
+        the next delta convolution to read): ``act(out) - act(ref)`` plus the
+        residual's change, where the result's reference is ``act(ref)`` plus
+        the residual's reference; with ``change`` being ``out``, the change
+        replaces the values.
     """
     first, j0, j1 = rows
     _conv_per_tap(
@@ -680,7 +700,7 @@ def conv_per_tap(
         j1,
         int(block),
         relu,
-        _epilogue(out, ref, out_start, residual, change),
+        _epilogue(out, out_start, residual, change),
     )
     return out
 
