@@ -375,6 +375,7 @@ class _Chunk:
         states: dict[str, _State] = {}
         early = 0
         outputs = self.graph.outputs
+        written: set[str] = set()  # outputs written for the chunk's mutants
         for name, node in self.graph.nodes.items():
             p = self.plan.nodes[name]
             t0 = time.perf_counter()
@@ -390,6 +391,12 @@ class _Chunk:
                 if same.any():
                     keep = ~same
                     early += int(same.sum())
+                    # their outputs not yet written are the reference's
+                    for k, out_name in enumerate(outputs):
+                        if out_name not in written:
+                            on_output(
+                                k, rows[same], self.refs[out_name][self.seq[same]]
+                            )
                     rows = rows[keep]
                     self.seq, self.pos_idx, self.alt_idx = (
                         self.seq[keep],
@@ -404,10 +411,11 @@ class _Chunk:
                     self.pool.put(st.tile)
                     self.pool.put(st.change)
             for k, out_name in enumerate(outputs):
-                if out_name == name and self.plan.nodes[name].kind != "const":
+                if out_name == name:
                     values = self._full(states, name)
                     on_output(k, rows, values)
                     self._release(values, states)
+                    written.add(name)
             for src in list(states):
                 if self.plan.last_use.get(src) == name:
                     gone = states.pop(src)
@@ -861,9 +869,12 @@ def cpu_ism(
             run.seconds["(reference pass)"] = run.seconds.get(
                 "(reference pass)", 0.0
             ) + (time.perf_counter() - t0)
+            # Unchanged mutants get the reference here; the workers write
+            # every other mutant's outputs (touching the pages in parallel).
+            u_s, u_p, u_a = np.nonzero(same[b0:b1])
             for k, name in enumerate(graph.outputs):
                 reference_out[k][b0:b1] = refs[name]
-                outputs[k][b0:b1] = refs[name][:, None, None]
+                outputs[k][b0 + u_s, u_p, u_a] = refs[name][u_s]
             s_i, p_i, a_i = np.nonzero(~same[b0:b1])
             run.n_mutants += len(s_i)
             with _blas_threads(1):
