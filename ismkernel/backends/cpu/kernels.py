@@ -911,11 +911,12 @@ def _all_zero(x, out):
     for m in range(n_mut):
         zero = True
         for j in range(width):
+            # a whole row at a time, without a branch: the loop vectorises
+            nonzero = False
             for c in range(n_ch):
-                if x[m, j, c] != 0:
-                    zero = False
-                    break
-            if not zero:
+                nonzero |= x[m, j, c] != 0
+            if nonzero:
+                zero = False
                 break
         out[m] = zero
 
@@ -937,11 +938,11 @@ def _unchanged(tile, tile_start, ref, seq, out):
         t0 = tile_start[m]
         same = True
         for j in range(width):
+            differs = False
             for c in range(n_ch):
-                if tile[m, j, c] != ref[s, t0 + j, c]:
-                    same = False
-                    break
-            if not same:
+                differs |= tile[m, j, c] != ref[s, t0 + j, c]
+            if differs:
+                same = False
                 break
         out[m] = same
 
