@@ -310,7 +310,7 @@ def test_conv_few_channels_equals_a_loop(dtype, relu):
     left = (n_taps - 1) * dilation // 2
     ref = rng.standard_normal((2, length, cout)).astype(dtype)
     kernel = rng.standard_normal((n_taps, cin, cout)).astype(dtype)
-    mats_t = np.ascontiguousarray(kernel.transpose(0, 2, 1).reshape(-1, cin))
+    mats = np.ascontiguousarray(kernel.transpose(1, 0, 2).reshape(cin, -1))
     seq = rng.integers(0, 2, n_mut)
     w_in, width = 9, 17
     in_start = np.array([0, 2, 8, 21, 21, 12])
@@ -327,22 +327,24 @@ def test_conv_few_channels_equals_a_loop(dtype, relu):
     if relu:
         want = np.maximum(want, 0)
     delta[:, 0] = np.where((j0 > 0)[:, None], np.nan, delta[:, 0])  # never read
-    got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
-    kernels.conv_few_channels(
-        got,
-        ref,
-        seq,
-        out_start,
-        delta,
-        mats_t,
-        in_start,
-        (j0, j1),
-        left,
-        dilation,
-        relu,
-    )
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
-    np.testing.assert_allclose(got, want, **tol)
+    for block in (2, 4, 256):  # GEMMs of a few rows each, or one
+        got = np.full((n_mut, width, cout), np.nan, dtype=dtype)
+        kernels.conv_few_channels(
+            got,
+            ref,
+            seq,
+            out_start,
+            delta,
+            mats,
+            in_start,
+            (j0, j1),
+            left,
+            dilation,
+            relu,
+            block=block,
+        )
+        np.testing.assert_allclose(got, want, **tol)
 
 
 @contextlib.contextmanager
@@ -436,7 +438,7 @@ def test_convolutions_apply_the_relu_that_follows_them():
     assert prep.relu_after and len(prep.relu_after) == len(prep.relu_done)
     # and its profile head (few output channels) lays its products out rows
     # last (kernels.conv_few_channels)
-    assert any("mats_t" in info for info in prep.conv.values())
+    assert "delta-few-channels" in {p.strategy for p in plan.nodes.values()}
     # (its ISM equals the reference's: test_cpu_equals_reference_on_every_fixture)
 
 

@@ -129,9 +129,6 @@ class _Prepared:
                 info = dict(left=left, mats=mats, cg=cg, fg=fg)
                 if p.strategy == "delta-per-tap":
                     info["per_tap"] = np.ascontiguousarray(kernel)
-                if p.strategy == "delta-few-channels":
-                    # products laid out (tap, channel, row): conv_few_channels
-                    info["mats_t"] = np.ascontiguousarray(mats[0].T)
                 if p.strategy == "lookup":
                     info["alt_taps"] = (alternatives @ mats[0]).reshape(
                         len(alternatives), op.kernel_size, op.n_filters
@@ -630,7 +627,7 @@ class _Chunk:
             if own:
                 self.pool.put(delta)
             return self._results(out, change)
-        if "mats_t" in info:
+        if p.strategy == "delta-few-channels":
             pos = self.pos_idx
             out = kernels.conv_few_channels(
                 self._buf(n_mut, p.width, op.n_filters),
@@ -638,7 +635,7 @@ class _Chunk:
                 self.seq,
                 start,
                 delta,
-                info["mats_t"],
+                info["mats"][0],
                 st.start,
                 changed_rows(st.start, w_in, sp.lo[pos], sp.hi[pos]),
                 info["left"],

@@ -384,43 +384,48 @@ def _conv_few_channels(
     seq,
     out_start,
     delta,
-    mats_t,
+    mats,
     in_start,
     j0,
     j1,
     left,
     dilation,
     relu,
+    block,
     taps,
     acc,
 ):
     n_mut, width, n_ch = out.shape
     n_in, cin = delta.shape[1], delta.shape[2]
-    n_taps = mats_t.shape[0] // n_ch
+    n_taps = mats.shape[1] // n_ch
     args, scal = _gemm_args(out)
     for m in range(n_mut):
         # taps[k * n_ch + c, j - a]: changed input row j times tap k, for
         # channel c (the other rows' change is zero)
         a, b = j0[m], j1[m]
-        if b > a:
+        # Both operands transposed (the kernel given as (channels, taps x
+        # filters)) and in blocks of rows: OpenBLAS ran this shape 1.2-1.5x
+        # faster than with the kernel pre-transposed, or in one call.
+        for r0 in range(a, b, block):
+            r1 = min(b, r0 + block)
             _gemm(
                 gemm,
                 args,
                 scal,
-                False,
+                True,
                 True,
                 n_taps * n_ch,
-                b - a,
+                r1 - r0,
                 cin,
-                mats_t,
+                mats,
                 0,
-                cin,
+                n_taps * n_ch,
                 delta,
-                (m * n_in + a) * cin,
+                (m * n_in + r0) * cin,
                 cin,
                 False,
                 taps,
-                0,
+                r0 - a,
                 n_in,
             )
         s = seq[m]
@@ -451,12 +456,13 @@ def conv_few_channels(
     seq: np.ndarray,
     out_start: np.ndarray,
     delta: np.ndarray,
-    mats_t: np.ndarray,
+    mats: np.ndarray,
     in_start: np.ndarray,
     rows: tuple[np.ndarray, np.ndarray],
     left: int,
     dilation: int,
     relu: bool = False,
+    block: int = config.CPU_FEW_CHANNELS_BLOCK_ROWS,
 ) -> np.ndarray:
     """A stride-1 delta convolution with few output channels (a profile
     head), one mutant at a time: BLAS writes the products of every tap and
@@ -472,17 +478,19 @@ def conv_few_channels(
     seq, out_start, in_start : ndarray of int64 (n_mut,)
     delta : ndarray (n_mut, in_width, n_channels), C-contiguous
         The change of the input on its window.
-    mats_t : ndarray (kernel_size * n_filters, n_channels), C-contiguous
-        Row ``k * n_filters + c`` is tap ``k`` of output channel ``c``.
+    mats : ndarray (n_channels, kernel_size * n_filters), C-contiguous
+        Column ``k * n_filters + c`` is tap ``k`` of output channel ``c``.
     rows : (j0, j1), each ndarray of int64 (n_mut,)
         The input window rows ``[j0, j1)`` whose change may be non-zero
         (:func:`ismkernel.plan.planner.changed_rows`): only they are
         multiplied.
     left, dilation : int
         The convolution's left padding and dilation.
+    block : int
+        Input rows per GEMM.
     """
     n_in = delta.shape[1]
-    taps = np.empty((mats_t.shape[0], n_in), dtype=out.dtype)
+    taps = np.empty((mats.shape[1], n_in), dtype=out.dtype)
     acc = np.empty(out.shape[1], dtype=out.dtype)
     _conv_few_channels(
         GEMM[np.dtype(out.dtype)],
@@ -491,13 +499,14 @@ def conv_few_channels(
         seq,
         out_start,
         delta,
-        mats_t,
+        mats,
         in_start,
         rows[0],
         rows[1],
         left,
         dilation,
         relu,
+        int(block),
         taps,
         acc,
     )
