@@ -50,7 +50,7 @@ CPU_FEW_CHANNELS_BLOCK_ROWS = 256
 #: Output rows per block of a per-tap convolution: BLAS accumulates every
 #: tap's products into the block, then the ReLU, a residual add and the change
 #: for the next layer are applied to it, while it is still in a core's cache.
-CPU_TAP_BLOCK_ROWS = 128
+CPU_TAP_BLOCK_ROWS = 64
 
 #: Bytes of tiles one thread's chunk of mutants aims to keep in cache; the
 #: default chunk size follows from it and the plan's bytes per mutant.
@@ -58,10 +58,11 @@ CPU_CHUNK_BYTES = 16 * 2**20
 
 #: Fewest mutants a default chunk holds where the memory budget allows, however
 #: wide the tiles: every node costs a chunk a fixed overhead (Python, kernel and
-#: BLAS calls), and a deep model's narrow early layers need rows for their
-#: GEMMs (BPNet-1000, 1.7 MiB of tiles per mutant, ran 5-10% slower at 9
-#: mutants per chunk than at 16 to 24).
-CPU_MIN_CHUNK = 16
+#: BLAS calls; about 0.9 ms a chunk on BPNet-1000's 33 nodes), and a deep
+#: model's narrow early layers need rows for their GEMMs. BPNet-1000 (1.7 MiB
+#: of tiles per mutant, 9 by the cache size alone) ran 5% faster at 32 than
+#: at 16, measured A against B in one process.
+CPU_MIN_CHUNK = 32
 
 #: Most mutants the cpu backend puts in one chunk: beyond a few thousand the
 #: GEMMs are no faster and the tiles fall out of cache.

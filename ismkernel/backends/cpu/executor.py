@@ -641,6 +641,7 @@ class _Chunk:
                 info["left"],
                 op.dilation,
                 relu,
+                config.CPU_FEW_CHANNELS_BLOCK_ROWS,
             )
             if own:
                 self.pool.put(delta)
