@@ -282,6 +282,21 @@ def test_conv_per_tap_equals_a_loop(dtype, dilation, block):
         change=got_chg,
     )
     np.testing.assert_allclose(got_chg, chg, **tol)
+    # the change summed over rows as it is written: the additions of sum_rows
+    sums = np.zeros((n_mut, cout), dtype=dtype)
+    conv(
+        got_chg,
+        relu=True,
+        residual=(res_chg, res_start, res_ref, True),
+        change=got_chg,
+        sums=sums,
+    )
+    np.testing.assert_array_equal(sums, kernels.sum_rows(got_chg))
+    sums[:] = 0
+    conv(got, relu=True, change=chg, sums=sums)
+    np.testing.assert_array_equal(sums, kernels.sum_rows(chg))
+    with pytest.raises(ValueError, match="change"):
+        conv(got, sums=sums)
     # no ReLU, no residual: the change is the products alone
     plain = np.full_like(got, np.nan)
     conv(plain, change=plain)
@@ -508,6 +523,51 @@ def test_a_node_kept_as_its_change_reads_back_as_its_values():
     ):
         cpu = ismkernel.ism(model, x, backend="cpu")
     assert_same_ism(ref, cpu)
+
+
+def _residual_heads_model(seq_len=30):
+    """A first convolution, two dilated residual blocks, then a profile head
+    and a global average (BPNet's shape, no crop)."""
+    b = Builder(seq_len)
+    x = b.add(ops.Activation("relu"), [b.conv(b.seq, 8, 5)])
+    for d in (2, 4):
+        r = b.add(ops.Activation("relu"), [b.conv(x, 8, 3, dilation=d)])
+        x = b.add(ops.Merge("add"), [r, x])
+    profile = b.conv(x, 2, 5)
+    counts = b.add(ops.GlobalPool1D("average"), [x])
+    b.g.outputs = b.g.output_names = [profile, counts]
+    return Model(b.g.finalize()), x
+
+
+def test_a_global_average_reads_the_sums_its_convolution_wrote():
+    """The last residual add, read by a profile head and a global average,
+    has its change summed by its convolution as it is written: the ISM is
+    the reference's, and the same bits as with the sums done afterwards."""
+    from ismkernel.backends.cpu import executor
+
+    model, last_add = _residual_heads_model()
+    x = np.random.default_rng(3).normal(size=(2, 30, 4)).astype(np.float32)
+    seen = []
+    init = executor._Prepared.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(set(self.sum_change))
+
+    def no_sums(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.sum_change = set()
+
+    ref = ismkernel.ism(model, x, backend="reference")
+    with _per_tap_everywhere():
+        with mock.patch.object(executor._Prepared, "__init__", record):
+            fused = ismkernel.ism(model, x, backend="cpu")
+        with mock.patch.object(executor._Prepared, "__init__", no_sums):
+            plain = ismkernel.ism(model, x, backend="cpu")
+    assert seen[0] == {last_add}
+    assert_same_ism(ref, fused)
+    for a, b in zip(fused.outputs, plain.outputs):
+        np.testing.assert_array_equal(a, b)  # the same additions
 
 
 def test_results_do_not_depend_on_threads():

@@ -43,6 +43,7 @@ class _State:
     value: np.ndarray | None = None  # (n_mut, *shape) for full nodes
     change: np.ndarray | None = None  # tile minus reference, where computed
     # (a node with a change and no tile is kept as its change alone)
+    sums: np.ndarray | None = None  # (n_mut, ch) the change summed over rows
 
 
 class _Pool:
@@ -243,6 +244,17 @@ class _Prepared:
                 for r in readers[last]
             ):
                 self.no_values.add(last)
+        # A result whose change is written and that a global average or sum
+        # reads has that change summed by the convolution too, row by row
+        # while each is in cache, in the order sum_rows adds them.
+        self.sum_change = {
+            self.result[name]
+            for name in self.emit_change
+            if any(
+                plan.nodes[r].strategy in ("global-avg", "global-sum")
+                for r in readers[self.result[name]]
+            )
+        }
 
 
 def _same_windows(a, b) -> bool:
@@ -402,8 +414,11 @@ class _Chunk:
                     )
                     tile = None if st.tile is None else st.tile[keep]
                     change = None if st.change is None else st.change[keep]
+                    sums = None if st.sums is None else st.sums[keep]
                     states = {
-                        name: _State(tile=tile, start=st.start[keep], change=change)
+                        name: _State(
+                            tile=tile, start=st.start[keep], change=change, sums=sums
+                        )
                     }
                     self.pool.put(st.tile)
                     self.pool.put(st.change)
@@ -441,8 +456,8 @@ class _Chunk:
         if p.kind == "virtual":
             return _State()  # read only by flatten-dense nodes
         if isinstance(op, ops.Conv1D):
-            tile, change = self._conv(name, node, p, start, states)
-            return _State(tile=tile, start=start, change=change)
+            tile, change, sums = self._conv(name, node, p, start, states)
+            return _State(tile=tile, start=start, change=change, sums=sums)
         if isinstance(op, ops.Pool1D):
             src = node.inputs[0]
             st = states.get(src)
@@ -570,7 +585,7 @@ class _Chunk:
         if p.strategy == "window":
             span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1
             patch = self._window_of(st, src, start * op.stride - info["left"], span)
-            return reference.apply(self.prep.valid_conv[name], [patch]), None
+            return reference.apply(self.prep.valid_conv[name], [patch]), None, None
         if p.strategy == "lookup":
             positions = self.plan.positions[self.pos_idx]
             pair = self.seq * len(self.plan.positions) + self.pos_idx
@@ -594,7 +609,7 @@ class _Chunk:
                 op.dilation,
                 out=self._buf(len(self.seq), p.width, op.n_filters),
             )
-            return out, None
+            return out, None, None
         # delta: the change of the input window times every kernel tap, added
         # to the reference output window
         w_in = sp.width
@@ -610,7 +625,7 @@ class _Chunk:
             rows = per_tap_rows(
                 op, info["left"], st.start, w_in, sp.lo[pos], sp.hi[pos], start, p.width
             )
-            residual, change = self._epilogue(name, start, states, out)
+            residual, change, sums = self._epilogue(name, start, states, out)
             kernels.conv_per_tap(
                 out,
                 self.refs[name],
@@ -623,10 +638,11 @@ class _Chunk:
                 relu,
                 residual,
                 change,
+                sums,
             )
             if own:
                 self.pool.put(delta)
-            return self._results(out, change)
+            return self._results(out, change, sums)
         if p.strategy == "delta-few-channels":
             pos = self.pos_idx
             out = kernels.conv_few_channels(
@@ -645,7 +661,7 @@ class _Chunk:
             )
             if own:
                 self.pool.put(delta)
-            return out, None
+            return out, None, None
         flat = delta.reshape(n_mut * w_in, -1)
         cg, fg = info["cg"], info["fg"]
         taps = self._buf(n_mut, w_in, op.kernel_size, op.n_filters)
@@ -659,7 +675,7 @@ class _Chunk:
         if own:
             self.pool.put(delta)
         out = self._buf(n_mut, p.width, op.n_filters)
-        residual, change = self._epilogue(name, start, states, out)
+        residual, change, sums = self._epilogue(name, start, states, out)
         kernels.col2im_ref(
             out,
             self.refs[name],
@@ -673,21 +689,23 @@ class _Chunk:
             relu,
             residual,
             change,
+            sums,
         )
         self.pool.put(taps)
-        return self._results(out, change)
+        return self._results(out, change, sums)
 
     @staticmethod
-    def _results(out, change):
-        """(tile, change) of a convolution: no tile where the change replaced
-        the values."""
+    def _results(out, change, sums):
+        """(tile, change, sums) of a convolution: no tile where the change
+        replaced the values."""
         if change is out:
-            return None, out
-        return out, change
+            return None, out, sums
+        return out, change, sums
 
     def _epilogue(self, name, start, states, out):
-        """What a delta convolution adds after its ReLU (a residual input) and
-        the buffer for its result's change, where the plan fuses them."""
+        """What a delta convolution adds after its ReLU (a residual input),
+        the buffer for its result's change and the one for that change summed
+        over rows (for a global pooling), where the plan fuses them."""
         prep = self.prep
         residual = change = None
         if name in prep.residual:
@@ -699,10 +717,13 @@ class _Chunk:
                 residual = (xs.change, xs.start, self.refs[other], True)
             else:
                 residual = (xs.tile, xs.start, self.refs[other], False)
+        sums = None
         if name in prep.emit_change:
             last = prep.result[name]
             change = out if last in prep.no_values else self._buf(*out.shape)
-        return residual, change
+            if last in prep.sum_change:
+                sums = np.zeros((out.shape[0], out.shape[2]), dtype=out.dtype)
+        return residual, change, sums
 
     def _full_node(self, name, node, p, states) -> np.ndarray:
         if p.strategy == "flatten-dense":
@@ -729,7 +750,9 @@ class _Chunk:
             st = states[src]
             length = self.plan.shapes[src][0]
             if p.strategy != "global-max":
-                if st.tile is None:  # kept as its change
+                if st.sums is not None:  # summed by the convolution
+                    change = st.sums.copy()
+                elif st.tile is None:  # kept as its change
                     change = kernels.sum_rows(st.change)
                 else:
                     change = kernels.change_sum(

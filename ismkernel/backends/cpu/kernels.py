@@ -220,16 +220,19 @@ def _finish_rows(
     written to ``chg`` too, with ``emit`` 2 in place of the values; that
     change is formed from the changes of its parts, ``act(out) - act(ref)``
     plus the residual's, so no reference of the result is read (and a change
-    that is exactly zero in every part stays exactly zero). ``epilogue`` is
-    what :func:`_epilogue` returns.
+    that is exactly zero in every part stays exactly zero). With ``sums``
+    not empty, each row of that change is also added to ``sums[m]``, rows in
+    order (the additions of :func:`sum_rows`). ``epilogue`` is what
+    :func:`_epilogue` returns.
 
     Each case is its own loop over channels, indexed through the arrays
     themselves: a flag tested inside the loop, an array chosen at run time,
     a row view (two atomic reference-count updates) or ``out`` passed on
     under a second name each kept the loop from vectorising (5x slower)."""
-    residual, res, res_start, res_ref, emit, chg = epilogue
+    residual, res, res_start, res_ref, emit, chg, sums = epilogue
     n_ch = out.shape[2]
     r_width = res.shape[1]
+    summing = sums.shape[0] > 0
     for o in range(o0, o1):
         p = o_first + o
         q = p - res_start[m]
@@ -247,6 +250,9 @@ def _finish_rows(
             elif residual == 2 and inside:
                 for c in range(n_ch):
                     out[m, o, c] += res[m, q, c]
+            if summing:
+                for c in range(n_ch):
+                    sums[m, c] += out[m, o, c]
             continue
         if emit == 1:  # the change, from the values before the epilogue
             if relu:
@@ -261,6 +267,9 @@ def _finish_rows(
             elif residual == 2 and inside:
                 for c in range(n_ch):
                     chg[m, o, c] += res[m, q, c]
+            if summing:
+                for c in range(n_ch):
+                    sums[m, c] += chg[m, o, c]
         if relu:
             for c in range(n_ch):
                 out[m, o, c] = _relu1(out[m, o, c])
@@ -280,12 +289,13 @@ def _finish_rows(
                     out[m, o, c] += res_ref[s, p, c]
 
 
-def _epilogue(out, out_start, residual, change) -> tuple:
+def _epilogue(out, out_start, residual, change, sums=None) -> tuple:
     """The kernels' epilogue arguments from ``residual=(tile, tile_start,
     ref, is_change)`` (``tile`` may be None: the reference only; with
-    ``is_change`` it holds the residual's change, not its values) and
+    ``is_change`` it holds the residual's change, not its values),
     ``change``, the array for the result's change (may be ``out``: the
-    change replaces the values), each optional."""
+    change replaces the values), and ``sums``, zeros to add that change's
+    rows to (needs ``change``), each optional."""
     empty = np.empty((len(out_start), 0, out.shape[2]), dtype=out.dtype)
     mode = 0
     res, res_start, res_ref = empty, out_start, empty
@@ -298,7 +308,11 @@ def _epilogue(out, out_start, residual, change) -> tuple:
     if change is not None:
         chg = change
         emit = 2 if chg is out else 1
-    return mode, np.ascontiguousarray(res), res_start, res_ref, emit, chg
+    if sums is None:
+        sums = np.empty((0, out.shape[2]), dtype=out.dtype)
+    elif change is None:
+        raise ValueError("sums of the change need the change (change=)")
+    return mode, np.ascontiguousarray(res), res_start, res_ref, emit, chg, sums
 
 
 @numba.njit(**_OPTS)
@@ -354,6 +368,7 @@ def col2im_ref(
     relu: bool = False,
     residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
     change: np.ndarray | None = None,
+    sums: np.ndarray | None = None,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
     input rows: :func:`gather` of the reference then :func:`col2im_add`, in
@@ -371,7 +386,7 @@ def col2im_ref(
         stride,
         dilation,
         relu,
-        _epilogue(out, out_start, residual, change),
+        _epilogue(out, out_start, residual, change, sums),
     )
     return out
 
@@ -660,6 +675,7 @@ def conv_per_tap(
     relu: bool = False,
     residual: tuple[np.ndarray | None, np.ndarray, np.ndarray, bool] | None = None,
     change: np.ndarray | None = None,
+    sums: np.ndarray | None = None,
 ) -> np.ndarray:
     """A stride-1 delta convolution, fused: per block of output rows and
     mutant, the reference rows, plus each tap's products of the changed input
@@ -694,6 +710,9 @@ def conv_per_tap(
         residual's change, where the result's reference is ``act(ref)`` plus
         the residual's reference; with ``change`` being ``out``, the change
         replaces the values.
+    sums : ndarray (n_mut, n_filters), zeros, optional
+        Also add up that change over the window's rows, in order (as
+        :func:`sum_rows`), for a global average or sum to read.
     """
     first, j0, j1 = rows
     _conv_per_tap(
@@ -709,7 +728,7 @@ def conv_per_tap(
         j1,
         int(block),
         relu,
-        _epilogue(out, out_start, residual, change),
+        _epilogue(out, out_start, residual, change, sums),
     )
     return out
 
