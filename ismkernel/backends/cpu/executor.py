@@ -128,8 +128,15 @@ class _Prepared:
                     for g in range(op.groups)
                 ]
                 info = dict(left=left, mats=mats, cg=cg, fg=fg)
+                src = plan.nodes[node.inputs[0]]
                 if p.strategy == "delta-per-tap":
                     info["per_tap"] = np.ascontiguousarray(kernel)
+                    # per planned position: a chunk takes its mutants' columns
+                    info["rows"] = per_tap_rows(
+                        op, left, src.start, src.width, src.lo, src.hi, p.start, p.width
+                    )
+                if p.strategy == "delta-few-channels":
+                    info["rows"] = changed_rows(src.start, src.width, src.lo, src.hi)
                 if p.strategy == "lookup":
                     info["alt_taps"] = (alternatives @ mats[0]).reshape(
                         len(alternatives), op.kernel_size, op.n_filters
@@ -621,10 +628,7 @@ class _Chunk:
         if "per_tap" in info:
             out = self._buf(n_mut, p.width, op.n_filters)
             # Only rows the mutation can change have a non-zero change.
-            pos = self.pos_idx
-            rows = per_tap_rows(
-                op, info["left"], st.start, w_in, sp.lo[pos], sp.hi[pos], start, p.width
-            )
+            rows = tuple(r[:, self.pos_idx] for r in info["rows"])
             residual, change, sums = self._epilogue(name, start, states, out)
             kernels.conv_per_tap(
                 out,
@@ -644,7 +648,6 @@ class _Chunk:
                 self.pool.put(delta)
             return self._results(out, change, sums)
         if p.strategy == "delta-few-channels":
-            pos = self.pos_idx
             out = kernels.conv_few_channels(
                 self._buf(n_mut, p.width, op.n_filters),
                 self.refs[name],
@@ -653,7 +656,7 @@ class _Chunk:
                 delta,
                 info["mats"][0],
                 st.start,
-                changed_rows(st.start, w_in, sp.lo[pos], sp.hi[pos]),
+                tuple(r[self.pos_idx] for r in info["rows"]),
                 info["left"],
                 op.dilation,
                 relu,
