@@ -165,11 +165,19 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
     kernels.col2im_add(want, taps, in_start, out_start, left, stride, dilation)
     got = np.empty_like(want)
     kernels.col2im_ref(got, ref, seq, out_start, taps, in_start, left, stride, dilation)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # sums regrouped
     kernels.col2im_ref(
         got, ref, seq, out_start, taps, in_start, left, stride, dilation, relu=True
     )
-    np.testing.assert_array_equal(got, np.maximum(want, 0))
+    np.testing.assert_allclose(got, np.maximum(want, 0), rtol=1e-6, atol=1e-6)
+    # without an activation the change is the products themselves
+    chg = np.full_like(got, np.nan)
+    kernels.col2im_ref(
+        got, ref, seq, out_start, taps, in_start, left, stride, dilation, change=chg
+    )
+    products = np.zeros_like(want)
+    kernels.col2im_add(products, taps, in_start, out_start, left, stride, dilation)
+    np.testing.assert_array_equal(chg, products)
     acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
     want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
     kernels.gather(tile, in_start, ref, seq, out_start, width, out=acc, add=True)

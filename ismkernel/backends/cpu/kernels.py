@@ -213,19 +213,20 @@ def _finish_rows(
     epilogue,
 ):
     """Rows ``[o0, o1)`` of mutant ``m``'s window (``o_first`` its first row,
-    ``s`` its sequence), holding the convolution's output, of which ``ref``
-    is the reference: the ReLU, then the residual (``residual`` 1: its values
-    on its own window, 2: its change there; its reference elsewhere), each
-    if asked. With ``emit`` 1 the result's change from its reference is
-    written to ``chg`` too, with ``emit`` 2 in place of the values; that
-    change is formed from the changes of its parts, ``act(out) - act(ref)``
-    plus the residual's, so no reference of the result is read (and a change
-    that is exactly zero in every part stays exactly zero). With ``sums``
-    not empty, each row of that change is also added to ``sums[m]``, rows in
-    order (the additions of :func:`sum_rows`). ``epilogue`` is what
-    :func:`_epilogue` returns.
+    ``s`` its sequence), holding the convolution's products alone, the change
+    of its output from ``ref``: the reference added, then the ReLU, then the
+    residual (``residual`` 1: its values on its own window, 2: its change
+    there; its reference elsewhere), each if asked. With ``emit`` 1 the
+    result's change from its reference is written to ``chg`` too, with
+    ``emit`` 2 in place of the values; that change is formed from the changes
+    of its parts, ``act(ref + out) - act(ref)`` (``out`` itself without an
+    activation) plus the residual's, so no reference of the result is read
+    (and a change that is exactly zero in every part stays exactly zero).
+    With ``sums`` not empty, each row of that change is also added to
+    ``sums[m]``, rows in order (the additions of :func:`sum_rows`).
+    ``epilogue`` is what :func:`_epilogue` returns.
 
-    Each case is its own loop over channels, indexed through the arrays
+    Each case is one loop over channels, indexed through the arrays
     themselves: a flag tested inside the loop, an array chosen at run time,
     a row view (two atomic reference-count updates) or ``out`` passed on
     under a second name each kept the loop from vectorising (5x slower)."""
@@ -237,42 +238,72 @@ def _finish_rows(
         p = o_first + o
         q = p - res_start[m]
         inside = 0 <= q < r_width
+        res_mode = residual if inside else 0  # outside: the change is zero
         if emit == 2:  # the change in place of the values
             if relu:
-                for c in range(n_ch):
-                    out[m, o, c] = _relu1(out[m, o, c]) - _relu1(ref[s, p, c])
-            else:
-                for c in range(n_ch):
-                    out[m, o, c] = out[m, o, c] - ref[s, p, c]
-            if residual == 1 and inside:
-                for c in range(n_ch):
-                    out[m, o, c] += res[m, q, c] - res_ref[s, p, c]
-            elif residual == 2 and inside:
+                if res_mode == 2:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        out[m, o, c] = (
+                            _relu1(r + out[m, o, c]) - _relu1(r) + res[m, q, c]
+                        )
+                elif res_mode == 1:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        out[m, o, c] = (_relu1(r + out[m, o, c]) - _relu1(r)) + (
+                            res[m, q, c] - res_ref[s, p, c]
+                        )
+                else:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        out[m, o, c] = _relu1(r + out[m, o, c]) - _relu1(r)
+            elif res_mode == 2:
                 for c in range(n_ch):
                     out[m, o, c] += res[m, q, c]
+            elif res_mode == 1:
+                for c in range(n_ch):
+                    out[m, o, c] += res[m, q, c] - res_ref[s, p, c]
             if summing:
                 for c in range(n_ch):
                     sums[m, c] += out[m, o, c]
             continue
-        if emit == 1:  # the change, from the values before the epilogue
+        if emit == 1:  # the change, from the products before the values
             if relu:
+                if res_mode == 2:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        chg[m, o, c] = (
+                            _relu1(r + out[m, o, c]) - _relu1(r) + res[m, q, c]
+                        )
+                elif res_mode == 1:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        chg[m, o, c] = (_relu1(r + out[m, o, c]) - _relu1(r)) + (
+                            res[m, q, c] - res_ref[s, p, c]
+                        )
+                else:
+                    for c in range(n_ch):
+                        r = ref[s, p, c]
+                        chg[m, o, c] = _relu1(r + out[m, o, c]) - _relu1(r)
+            elif res_mode == 2:
                 for c in range(n_ch):
-                    chg[m, o, c] = _relu1(out[m, o, c]) - _relu1(ref[s, p, c])
+                    chg[m, o, c] = out[m, o, c] + res[m, q, c]
+            elif res_mode == 1:
+                for c in range(n_ch):
+                    chg[m, o, c] = out[m, o, c] + (res[m, q, c] - res_ref[s, p, c])
             else:
                 for c in range(n_ch):
-                    chg[m, o, c] = out[m, o, c] - ref[s, p, c]
-            if residual == 1 and inside:
-                for c in range(n_ch):
-                    chg[m, o, c] += res[m, q, c] - res_ref[s, p, c]
-            elif residual == 2 and inside:
-                for c in range(n_ch):
-                    chg[m, o, c] += res[m, q, c]
+                    chg[m, o, c] = out[m, o, c]
             if summing:
                 for c in range(n_ch):
                     sums[m, c] += chg[m, o, c]
+        # the values: reference plus products, activated, plus the residual
         if relu:
             for c in range(n_ch):
-                out[m, o, c] = _relu1(out[m, o, c])
+                out[m, o, c] = _relu1(ref[s, p, c] + out[m, o, c])
+        else:
+            for c in range(n_ch):
+                out[m, o, c] = ref[s, p, c] + out[m, o, c]
         if residual == 1:
             if inside:
                 for c in range(n_ch):
@@ -338,7 +369,7 @@ def _col2im_ref(
             first = row * stride - left - in_start[m]
             if n_ch >= FEW_CHANNELS:  # vector over channels
                 for c in range(n_ch):
-                    out[m, o, c] = ref[s, row, c]
+                    out[m, o, c] = 0
                 for k in range(n_taps):
                     j = first + k * dilation
                     if 0 <= j < n_in:
@@ -346,7 +377,7 @@ def _col2im_ref(
                             out[m, o, c] += taps[m, j, k, c]
             else:  # few channels (a profile head): a register per channel
                 for c in range(n_ch):
-                    acc = ref[s, row, c]
+                    acc = type(out[m, o, c])(0)
                     for k in range(n_taps):
                         j = first + k * dilation
                         if 0 <= j < n_in:
@@ -371,10 +402,10 @@ def col2im_ref(
     sums: np.ndarray | None = None,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
-    input rows: :func:`gather` of the reference then :func:`col2im_add`, in
-    one pass that writes each output row once (same sums, same order); then,
-    while the row is in cache, the ReLU, a residual input and the result's
-    change, each if asked (as in :func:`conv_per_tap`)."""
+    input rows (:func:`gather` of the reference then :func:`col2im_add`, the
+    products summed first), in one pass that writes each output row once;
+    then, while the row is in cache, the ReLU, a residual input and the
+    result's change, each if asked (as in :func:`conv_per_tap`)."""
     _col2im_ref(
         out,
         ref,
@@ -632,7 +663,7 @@ def _conv_per_tap(
             o_first = out_start[m]
             for o in range(o0, o1):
                 for c in range(n_ch):
-                    out[m, o, c] = ref[s, o_first + o, c]
+                    out[m, o, c] = 0
             # Each tap's products of the changed input rows that land on
             # this block of rows, accumulated by BLAS while the block is hot.
             for k in range(n_taps):
@@ -678,10 +709,11 @@ def conv_per_tap(
     sums: np.ndarray | None = None,
 ) -> np.ndarray:
     """A stride-1 delta convolution, fused: per block of output rows and
-    mutant, the reference rows, plus each tap's products of the changed input
-    rows (BLAS, accumulating into the block while it is in cache), then in
-    the same pass the ReLU, the residual input and the result's change, each
-    if asked.
+    mutant, each tap's products of the changed input rows (BLAS, accumulating
+    into the block from zero while it is in cache), then in one pass over the
+    block the reference rows added, the ReLU, the residual input and the
+    result's change, each if asked (the change without an activation is the
+    products themselves).
 
     Parameters
     ----------
