@@ -508,7 +508,7 @@ def conv_few_channels(
     left: int,
     dilation: int,
     relu: bool = False,
-    block: int = 256,
+    block: int = config.CPU_FEW_CHANNELS_BLOCK_ROWS,
 ) -> np.ndarray:
     """A stride-1 delta convolution with few output channels (a profile
     head), one mutant at a time: BLAS writes the products of every tap and
