@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ismkernel import config
-from ismkernel.backends import reference, resolve_backend
+from ismkernel.backends import get_backend, resolve_backend
 from ismkernel.errors import InputError
 from ismkernel.inputs import (
     check_alternatives,
@@ -23,12 +23,14 @@ from ismkernel.plan.intervals import EMPTY, hull
 from ismkernel.reduce import (
     REDUCERS,
     OutputAxes,
+    OutputSink,
+    ScoreSink,
     parse_range,
     reduce_scores,
     select_output,
 )
 
-__all__ = ["ism", "IsmResult"]
+__all__ = ["ism", "IsmResult", "IsmRun"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ class IsmResult:
     """
 
     reference: list[np.ndarray]
-    outputs: list[np.ndarray]
+    outputs: list[np.ndarray] | None
     positions: np.ndarray
     alternatives: np.ndarray
     output_names: list[str] = field(default_factory=list)
@@ -71,6 +73,9 @@ class IsmResult:
     stats: dict = field(default_factory=dict)
     axes: list[OutputAxes] = field(default_factory=list)
     scores: list[np.ndarray] | None = None
+    #: Per output, the reference on the scores' tasks and range, where the
+    #: backend reduced as it went.
+    score_reference: list[np.ndarray] | None = None
 
     def delta(self) -> list[np.ndarray]:
         """Per output, mutant minus reference, ``(n_seqs, n_positions, n_alts, *out_shape)``."""
@@ -124,6 +129,7 @@ def ism(
     reduce: str | None = None,
     client: Any = None,
     output_rows: dict | None = None,
+    early_exit: bool | None = None,
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -172,105 +178,197 @@ def ism(
         Score chunks of the sequences on the cluster's workers (each gets
         the model once); results are gathered in order and equal an
         in-process run's.
+    early_exit : bool, optional
+        Whether mutants whose change vanished exactly stop early (default:
+        the backend's choice; the results are the same either way).
 
     Returns
     -------
     IsmResult
         Where a row already equals an alternative, the reference is copied.
     """
-    name = resolve_backend(backend)
-    dt = check_dtype(dtype)
-    model = model.specialize(x)  # an ONNX graph waiting for its length gets one
-    specs = model.graph.input_specs  # the IR's (seq_len, n_channels) layout
-    index = seq_input_index(specs, seq_input)
-    feeds = model.feeds(x, dt)
-    seq = feeds[index]
-    pos = check_positions(positions, seq.shape[1])
-    alts = check_alternatives(alternatives, seq.shape[2], dt)
-    batch = check_positive_int(batch_size, "batch_size")
-    memory_budget = check_positive_int(memory_budget, "memory_budget")
-    threads = check_positive_int(threads, "threads")
-
+    run = IsmRun(
+        model,
+        alternatives=alternatives,
+        positions=positions,
+        seq_input=seq_input,
+        backend=backend,
+        batch_size=batch_size,
+        dtype=dtype,
+        memory_budget=memory_budget,
+        threads=threads,
+        output_rows=output_rows,
+        early_exit=early_exit,
+    )
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
-    rows = _output_rows(model, output_rows)
     if client is not None:
+        model = model.specialize(x)
         return _ism_on_cluster(
             client,
             model,
-            feeds,
+            model.feeds(x, run.dtype),
             dict(
-                alternatives=alts,
-                positions=pos,
-                seq_input=index,
+                alternatives=alternatives,
+                positions=positions,
+                seq_input=seq_input,
                 backend=backend,
-                batch_size=batch,
+                batch_size=batch_size,
                 dtype=dtype,
                 memory_budget=memory_budget,
                 threads=threads,
                 reduce=reduce,
                 output_rows=output_rows,
+                early_exit=early_exit,
             ),
         )
-    bar = None
-    update = progress if callable(progress) else None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=seq.shape[0] * len(pos) * len(alts), unit="mutant", desc="ISM")
-        update = bar.update
-    stats: dict = {}
-    try:
-        if name == "cpu":
-            from ismkernel.backends.cpu import cpu_ism
-
-            ref, outs, run = cpu_ism(
-                model.graph,
-                feeds,
-                index,
-                pos,
-                alts,
-                memory_budget=memory_budget,
-                chunk_size=batch,
-                threads=threads,
-                progress=update,
-                output_rows=_node_rows(model, rows),
-            )
-            stats = dict(
-                seconds=run.seconds,
-                n_mutants=run.n_mutants,
-                n_copied=run.n_copied,
-                n_early_exit=run.n_early_exit,
-                chunk_size=run.chunk_size,
-                block_size=run.block_size,
-                flops_naive=run.plan.flops_naive,
-                flops_plan=run.plan.flops_plan,
-            )
-        else:
-            batch = batch or reference.default_batch_size(model.graph, dt)
-            ref, outs = reference.naive_ism(
-                model.graph, feeds, index, pos, alts, batch, update
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-    for k, (start, end) in rows.items():  # rows not computed are NaN, never stale
-        outs[k][:, :, :, :start] = np.nan
-        outs[k][:, :, :, end:] = np.nan
-    result = IsmResult(
-        reference=model.from_ir(ref, 1),
-        outputs=model.from_ir(outs, 3),
-        positions=pos,
-        alternatives=alts,
-        output_names=model.output_names,
-        seq_input=specs[index].name,
-        backend=name,
-        stats=stats,
-        axes=model.output_axes,
-    )
+    result = run(x, progress=progress)
     if reduce is not None:
         result.scores = result.reduce(reduce)
     return result
+
+
+class IsmRun:
+    """ISM of one model with fixed options, over any number of batches of
+    sequences: the plan is built once per input shape (in practice once per
+    job) and reused, with its device constants.
+
+    Parameters are those of :func:`ism`. Calling the run on sequences
+    ``x`` returns an :class:`IsmResult`; with ``keep_outputs=False`` and a
+    ``reduce``, only scores are kept, reduced by the backend as it goes.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        alternatives: Any = None,
+        positions: Any = None,
+        seq_input: str | int | None = None,
+        backend: str = "auto",
+        batch_size: int | None = None,
+        dtype: str = config.DEFAULT_DTYPE,
+        memory_budget: int | None = None,
+        threads: int | None = None,
+        output_rows: dict | None = None,
+        early_exit: bool | None = None,
+    ):
+        self.backend_name = resolve_backend(backend)
+        self.backend = get_backend(self.backend_name)
+        self.dtype = check_dtype(dtype)
+        self.model = model
+        self.alternatives = alternatives
+        self.positions = positions
+        self.seq_input = seq_input
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.memory_budget = check_positive_int(memory_budget, "memory_budget")
+        self.threads = check_positive_int(threads, "threads")
+        self.output_rows = output_rows
+        self.early_exit = None if early_exit is None else bool(early_exit)
+        self._plans: dict[tuple, tuple] = {}
+
+    def plan_for(self, x: Any):
+        """``(model, feeds, index, plan, rows)`` for sequences ``x``: the plan
+        is built the first time their input shapes are seen."""
+        model = self.model.specialize(x)  # an ONNX graph waiting for its length
+        specs = model.graph.input_specs  # the IR's (seq_len, n_channels) layout
+        index = seq_input_index(specs, self.seq_input)
+        feeds = model.feeds(x, self.dtype)
+        key = tuple(f.shape[1:] for f in feeds) + (id(model),)
+        if key not in self._plans:
+            seq = feeds[index]
+            pos = check_positions(self.positions, seq.shape[1])
+            alts = check_alternatives(self.alternatives, seq.shape[2], self.dtype)
+            rows = _output_rows(model, self.output_rows)
+            graph = model.graph
+            plan = self.backend.plan(
+                graph,
+                graph.inputs[index],
+                {name: f.shape[1:] for name, f in zip(graph.inputs, feeds)},
+                pos,
+                itemsize=self.dtype.itemsize,
+                output_rows=_node_rows(model, rows),
+                alternatives=alts,
+            )
+            self._plans[key] = (model, index, plan, rows)
+        model, index, plan, rows = self._plans[key]
+        return model, feeds, index, plan, rows
+
+    def __call__(
+        self,
+        x: Any,
+        *,
+        progress: Any = False,
+        reduce: str | None = None,
+        tasks: Any = None,
+        sum_over: Any = None,
+        keep_outputs: bool = True,
+    ) -> IsmResult:
+        """ISM of ``x``. With ``keep_outputs=False``, ``reduce`` is computed
+        by the backend as chunks finish (on ``tasks``, summed over
+        ``sum_over``) and ``outputs`` is None; otherwise every output is kept
+        and ``reduce`` is computed from them."""
+        model, feeds, index, plan, rows = self.plan_for(x)
+        if reduce is not None and reduce not in REDUCERS:
+            raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+        if keep_outputs:
+            sink = OutputSink(rows)
+        else:
+            if reduce is None:
+                raise InputError("keep_outputs=False needs a reducer (reduce=...)")
+            perms = model.output_perms
+            sink = ScoreSink(
+                reduce,
+                model.output_axes,
+                lambda k, a, lead: _from_ir(a, perms[k], lead),
+                tasks=tasks,
+                sum_over=parse_range(sum_over, "sum_over"),
+                rows=rows,
+            )
+        bar = None
+        update = progress if callable(progress) else None
+        n_mutants = feeds[index].shape[0] * len(plan.positions) * len(plan.alternatives)
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_mutants, unit="mutant", desc="ISM")
+            update = bar.update
+        try:
+            run = self.backend.run(
+                plan,
+                feeds,
+                sink,
+                batch_size=self.batch_size,
+                memory_budget=self.memory_budget,
+                threads=self.threads,
+                progress=update,
+                early_exit=self.early_exit,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        stats = run.as_dict() if self.backend_name != "reference" else {}
+        specs = model.graph.input_specs
+        if keep_outputs:
+            reference = model.from_ir(sink.reference, 1)
+            outputs = model.from_ir(sink.outputs, 3)
+        else:
+            reference, outputs = model.from_ir(sink.full_reference, 1), None
+        result = IsmResult(
+            reference=reference,
+            outputs=outputs,
+            positions=plan.positions,
+            alternatives=plan.alternatives,
+            output_names=model.output_names,
+            seq_input=specs[index].name,
+            backend=self.backend_name,
+            stats=stats,
+            axes=model.output_axes,
+        )
+        if not keep_outputs:
+            result.scores = sink.scores
+            result.score_reference = sink.reference
+        return result
 
 
 def _ism_chunk(model: Model, feeds: list[np.ndarray], kwargs: dict) -> IsmResult:

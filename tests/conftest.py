@@ -112,3 +112,23 @@ def rewrite_keras(
 @pytest.fixture(params=MODEL_FILES)
 def model_file(request) -> str:
     return request.param
+
+
+def incremental_backends() -> list[str]:
+    """Every registered backend but the reference: each is tested against it."""
+    from ismkernel.backends import BACKENDS
+
+    return [b for b in BACKENDS if b != "reference"]
+
+
+@pytest.fixture(scope="session", params=incremental_backends())
+def backend(request) -> str:
+    """An incremental backend; skipped, with the reason, where it cannot run."""
+    from ismkernel.backends import get_backend
+    from ismkernel.errors import BackendUnavailableError
+
+    try:
+        get_backend(request.param)
+    except BackendUnavailableError as err:
+        pytest.skip(str(err))
+    return request.param

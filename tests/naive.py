@@ -66,3 +66,20 @@ def mutate(x, position, alternative):
     y = np.array(x, copy=True)
     y[position] = alternative
     return y
+
+
+def col2im_add(out, taps, in_start, out_start, left, stride, dilation):
+    """Add per-tap products onto output windows, one product at a time:
+    ``taps[m, j, k]`` (input row ``in_start[m] + j`` times tap ``k``) lands on
+    output row ``o`` with ``o * stride - left + k * dilation`` equal to that
+    input row, where ``o`` lies in mutant ``m``'s window."""
+    n_mut, width, _ = out.shape
+    for m in range(n_mut):
+        for j in range(taps.shape[1]):
+            for k in range(taps.shape[2]):
+                num = in_start[m] + j + left - k * dilation
+                if num < 0 or num % stride:
+                    continue
+                o = num // stride - out_start[m]
+                if 0 <= o < width:
+                    out[m, o] += taps[m, j, k]

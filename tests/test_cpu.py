@@ -1,10 +1,13 @@
-"""The cpu backend equals the reference backend: every fixture, random DAGs."""
+"""Every incremental backend equals the reference backend: every fixture,
+random DAGs, early exit on and off; and the cpu backend's own tactics."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from unittest import mock
 
+import naive
 import numpy as np
 import pytest
 from conftest import (
@@ -29,20 +32,27 @@ ALTS = np.vstack([np.eye(4), np.zeros(4), np.full(4, 0.25)]).astype(np.float32)
 
 @pytest.mark.parametrize("name", MODEL_FILES)
 @pytest.mark.parametrize("kind", ["onehot", "float"])
-def test_cpu_equals_reference_on_every_fixture(name, kind):
-    _assert_fixture_cpu_is_reference(name, kind)
+def test_backend_equals_reference_on_every_fixture(backend, name, kind):
+    _assert_fixture_is_reference(name, kind, backend)
 
 
-def _assert_fixture_cpu_is_reference(name, kind):
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_without_early_exit_on_every_fixture(backend, name):
+    _assert_fixture_is_reference(name, "onehot", backend, early_exit=False)
+
+
+def _assert_fixture_is_reference(name, kind, backend="cpu", **options):
     model = ismkernel.load_model(fixture_path(name))
     xs = fixture_inputs(fixture_data(name), kind)
     x = xs if len(xs) > 1 else xs[0]
     alts = ALTS if model.inputs[0].shape[-1] == 4 else None
     ref = ismkernel.ism(model, x, backend="reference", alternatives=alts)
     # A small chunk size makes chunks split sequences and positions.
-    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=alts, batch_size=7)
-    assert cpu.backend == "cpu"
-    assert_same_ism(ref, cpu, name)
+    comp = ismkernel.ism(
+        model, x, backend=backend, alternatives=alts, batch_size=7, **options
+    )
+    assert comp.backend == backend
+    assert_same_ism(ref, comp, name)
 
 
 @settings(
@@ -51,7 +61,7 @@ def _assert_fixture_cpu_is_reference(name, kind):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(random_models(), st.data())
-def test_cpu_equals_reference_on_random_graphs(graph, data):
+def test_backend_equals_reference_on_random_graphs(backend, graph, data):
     model = Model(graph)
     seq_len = graph.nodes[graph.inputs[0]].shape[0]
     n = data.draw(st.integers(1, 3))
@@ -64,11 +74,18 @@ def test_cpu_equals_reference_on_random_graphs(graph, data):
         data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True))
     ]
     chunk = data.draw(st.sampled_from([None, 1, 5]))
+    early_exit = data.draw(st.booleans())
     ref = ismkernel.ism(model, x, backend="reference", positions=pos, alternatives=alts)
-    cpu = ismkernel.ism(
-        model, x, backend="cpu", positions=pos, alternatives=alts, batch_size=chunk
+    comp = ismkernel.ism(
+        model,
+        x,
+        backend=backend,
+        positions=pos,
+        alternatives=alts,
+        batch_size=chunk,
+        early_exit=early_exit,
     )
-    assert_same_ism(ref, cpu)
+    assert_same_ism(ref, comp)
 
 
 def _dead_relu_model():
@@ -83,13 +100,17 @@ def _dead_relu_model():
     return Model(b.g.finalize())
 
 
-def test_exact_zero_changes_stop_early_and_copy_the_reference():
+def test_exact_zero_changes_stop_early_and_copy_the_reference(backend):
     model = _dead_relu_model()
     x = np.eye(4, dtype=np.float32)[np.arange(40) % 4].reshape(2, 20, 4)
-    cpu = ismkernel.ism(model, x, backend="cpu")
+    comp = ismkernel.ism(model, x, backend=backend, early_exit=True)
     ref = ismkernel.ism(model, x, backend="reference")
-    assert cpu.stats["n_early_exit"] == cpu.stats["n_mutants"] > 0
-    np.testing.assert_array_equal(cpu.outputs[0], ref.outputs[0])
+    assert comp.stats["n_early_exit"] == comp.stats["n_mutants"] > 0
+    np.testing.assert_array_equal(comp.outputs[0], ref.outputs[0])
+    # computed on through the exactly-zero change: the reference exactly
+    on = ismkernel.ism(model, x, backend=backend, early_exit=False)
+    assert on.stats["n_early_exit"] == 0
+    np.testing.assert_array_equal(on.outputs[0], ref.outputs[0])
 
 
 def test_auto_is_cpu_and_reports_stats():
@@ -162,7 +183,7 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
     out_start = rng.integers(0, length - width + 1, n_mut)
     taps = rng.standard_normal((n_mut, w_in, n_taps, n_ch)).astype(np.float32)
     want = kernels.gather(None, None, ref, seq, out_start, width)
-    kernels.col2im_add(want, taps, in_start, out_start, left, stride, dilation)
+    naive.col2im_add(want, taps, in_start, out_start, left, stride, dilation)
     got = np.empty_like(want)
     kernels.col2im_ref(got, ref, seq, out_start, taps, in_start, left, stride, dilation)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # sums regrouped
@@ -176,7 +197,7 @@ def test_fused_kernels_equal_what_they_replace(n_ch, stride, dilation, left):
         got, ref, seq, out_start, taps, in_start, left, stride, dilation, change=chg
     )
     products = np.zeros_like(want)
-    kernels.col2im_add(products, taps, in_start, out_start, left, stride, dilation)
+    naive.col2im_add(products, taps, in_start, out_start, left, stride, dilation)
     np.testing.assert_array_equal(chg, products)
     acc = rng.standard_normal((n_mut, width, n_ch)).astype(np.float32)
     want = acc + kernels.gather(tile, in_start, ref, seq, out_start, width)
@@ -383,7 +404,7 @@ def _per_tap_everywhere():
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_per_tap_convolutions_equal_reference(name):
     with _per_tap_everywhere():
-        _assert_fixture_cpu_is_reference(name, "float")
+        _assert_fixture_is_reference(name, "float")
 
 
 @settings(
@@ -406,20 +427,25 @@ def test_per_tap_convolutions_on_random_graphs(graph, data):
     assert_same_ism(ref, cpu)
 
 
-def test_per_tap_flops_count_the_changed_products_landing_in_the_window():
-    from ismkernel.plan import build_plan
+def _cpu_plan(graph, seq_len):
+    from ismkernel.backends import get_backend
 
+    name = graph.inputs[0]
+    return get_backend("cpu").plan(
+        graph, name, {name: (seq_len, 4)}, np.arange(seq_len), alternatives=np.eye(4)
+    )
+
+
+def test_per_tap_flops_count_the_changed_products_landing_in_the_window():
     b = Builder(40)
     c1 = b.conv(b.seq, 4, 5)
     c2 = b.conv(c1, 3, 3, dilation=8)
     b.g.outputs = b.g.output_names = [c2]
     graph = b.g.finalize()
     with _per_tap_everywhere():
-        plan = build_plan(
-            graph, graph.inputs[0], {graph.inputs[0]: (40, 4)}, np.arange(40)
-        )
+        plan = _cpu_plan(graph, 40)
     src, p = plan.nodes[c1], plan.nodes[c2]
-    assert p.strategy == "delta-per-tap"
+    assert (p.strategy, p.tactic) == ("delta", "per-tap")
     counts = []
     for i in range(40):  # brute force: (input row, tap) pairs landing in the window
         n = 0
@@ -432,16 +458,14 @@ def test_per_tap_flops_count_the_changed_products_landing_in_the_window():
 
 
 def test_few_channel_flops_count_the_changed_rows():
-    from ismkernel.plan import build_plan
-
     b = Builder(40)
     c1 = b.conv(b.seq, 4, 5)
     c2 = b.conv(c1, 2, 7, dilation=3)
     b.g.outputs = b.g.output_names = [c2]
     graph = b.g.finalize()
-    plan = build_plan(graph, graph.inputs[0], {graph.inputs[0]: (40, 4)}, np.arange(40))
+    plan = _cpu_plan(graph, 40)
     src, p = plan.nodes[c1], plan.nodes[c2]
-    assert p.strategy == "delta-few-channels"
+    assert (p.strategy, p.tactic) == ("delta", "few-channels")
     rows = [  # brute force: window rows a mutation at i can change
         sum(src.lo[i] <= src.start[i] + j < src.hi[i] for j in range(src.width))
         for i in range(40)
@@ -449,32 +473,35 @@ def test_few_channel_flops_count_the_changed_rows():
     assert p.flops_plan == pytest.approx(2 * np.mean(rows) * 7 * 4 * 2)
 
 
-def test_convolutions_apply_the_relu_that_follows_them():
-    from ismkernel.backends.cpu.executor import _Prepared
-    from ismkernel.plan import build_plan
-
+def _bpnet_mini_plan():
     model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
     g = model.graph
-    shape = g.input_specs[0].shape
-    plan = build_plan(g, g.inputs[0], {g.inputs[0]: shape}, np.arange(shape[0]))
-    prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
-    assert prep.relu_after and len(prep.relu_after) == len(prep.relu_done)
+    return g, _cpu_plan(g, g.input_specs[0].shape[0])
+
+
+def test_convolutions_apply_the_relu_that_follows_them():
+    g, plan = _bpnet_mini_plan()
+    fused = {n: p.epilogue for n, p in plan.nodes.items() if p.epilogue is not None}
+    relus = {n for n, ep in fused.items() if ep.relu}
+    assert relus
+    for conv in relus:
+        (after,) = g.consumers()[conv]
+        assert fused[conv].relu_node == after
+        assert plan.nodes[after].fused_into == conv
     # and its profile head (few output channels) lays its products out rows
-    # last (kernels.conv_few_channels)
-    assert "delta-few-channels" in {p.strategy for p in plan.nodes.values()}
+    # last (kernels.conv_few_channels), with no epilogue beyond a ReLU
+    heads = [p for p in plan.nodes.values() if p.tactic == "few-channels"]
+    assert heads
+    assert all(not (p.epilogue.emit_change or p.epilogue.residual) for p in heads)
     # (its ISM equals the reference's: test_cpu_equals_reference_on_every_fixture)
 
 
 def test_per_tap_convolutions_write_residual_adds_and_changes():
-    from ismkernel.backends.cpu.executor import _Prepared
-    from ismkernel.plan import build_plan
-
     model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
     g = model.graph
-    shape = g.input_specs[0].shape
     with _per_tap_everywhere():
-        plan = build_plan(g, g.inputs[0], {g.inputs[0]: shape}, np.arange(shape[0]))
-    prep = _Prepared(plan, np.eye(4, dtype=np.float32), np.dtype(np.float32))
+        plan = _cpu_plan(g, g.input_specs[0].shape[0])
+    fused = {n: p.epilogue for n, p in plan.nodes.items() if p.epilogue is not None}
     # every dilated residual block's add is written by its convolution, where
     # that runs per tap (the last one recomputes its window)
     adds = {
@@ -482,54 +509,63 @@ def test_per_tap_convolutions_write_residual_adds_and_changes():
         for n, node in g.nodes.items()
         if isinstance(node.op, ops.Merge)
         and any(
-            plan.nodes[g.nodes[i].inputs[0]].strategy == "delta-per-tap"
+            plan.nodes[g.nodes[i].inputs[0]].tactic == "per-tap"
             for i in node.inputs
             if i.endswith("/activation")
         )
     }
-    assert len(adds) == 3 and set(prep.add_done) == adds
-    for conv, other in prep.residual.items():
-        add = prep.result[conv]
-        assert (
-            other in g.nodes[add].inputs and prep.add_done[add] in g.nodes[add].inputs
-        )
+    written = {ep.add_node for ep in fused.values() if ep.add_node}
+    assert len(adds) == 3 and written == adds
+    for conv, ep in fused.items():
+        if ep.residual is None:
+            continue
+        add = g.nodes[ep.result]
+        assert ep.result == ep.add_node
+        assert ep.residual in add.inputs and ep.relu_node in add.inputs
+        assert plan.nodes[ep.add_node].fused_into == conv
     # and each add that a delta convolution reads next has its change too
-    assert prep.emit_change == {
+    emitting = {c for c, ep in fused.items() if ep.emit_change}
+    assert emitting == {
         c
-        for c, add in prep.result.items()
-        if any(
-            plan.nodes[r].strategy in ("delta", "delta-per-tap")
-            for r in g.consumers()[add]
-        )
+        for c, ep in fused.items()
+        if ep.add_node
+        and any(plan.nodes[r].strategy == "delta" for r in g.consumers()[ep.result])
     }
-    assert prep.emit_change
+    assert emitting
     # adds nothing reads but fused convolutions are kept as their change alone
-    assert prep.no_values == {"add1", "add2"}
+    assert {ep.result for ep in fused.values() if not ep.keep_values} == {
+        "add1",
+        "add2",
+    }
     # (its ISM equals the reference's: test_per_tap_convolutions_equal_reference)
+
+
+def _run_with(model, x, edit):
+    """ISM on the cpu backend after ``edit(plan)`` changed its records."""
+    from ismkernel.ism import IsmRun
+
+    run = IsmRun(model, backend="cpu")
+    edit(run.plan_for(x)[3])
+    return run(x)
 
 
 def test_a_node_kept_as_its_change_reads_back_as_its_values():
     """Any other reader of a node kept as its change gets reference plus
     change: here a window convolution and an add read one."""
-    from ismkernel.backends.cpu import executor
-
     name = "bpnet_mini.k3.keras"
     model = ismkernel.load_model(fixture_path(name))
     x = fixture_inputs(fixture_data(name), "float")[0]
-    init = executor._Prepared.__init__
 
-    def keep_add3_as_change(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        assert self.result["rconv3"] == "add3"
-        self.emit_change.add("rconv3")
-        self.no_values.add("add3")
+    def keep_add3_as_change(plan):
+        ep = plan.nodes["rconv3"].epilogue
+        assert ep.result == "add3" and ep.keep_values
+        plan.nodes["rconv3"].epilogue = dataclasses.replace(
+            ep, emit_change=True, keep_values=False
+        )
 
     ref = ismkernel.ism(model, x, backend="reference")
-    with (
-        _per_tap_everywhere(),
-        mock.patch.object(executor._Prepared, "__init__", keep_add3_as_change),
-    ):
-        cpu = ismkernel.ism(model, x, backend="cpu")
+    with _per_tap_everywhere():
+        cpu = _run_with(model, x, keep_add3_as_change)
     assert_same_ism(ref, cpu)
 
 
@@ -551,27 +587,28 @@ def test_a_global_average_reads_the_sums_its_convolution_wrote():
     """The last residual add, read by a profile head and a global average,
     has its change summed by its convolution as it is written: the ISM is
     the reference's, and the same bits as with the sums done afterwards."""
-    from ismkernel.backends.cpu import executor
-
     model, last_add = _residual_heads_model()
     x = np.random.default_rng(3).normal(size=(2, 30, 4)).astype(np.float32)
     seen = []
-    init = executor._Prepared.__init__
 
-    def record(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        seen.append(set(self.sum_change))
+    def record(plan):
+        seen.append(
+            {
+                p.epilogue.result
+                for p in plan.nodes.values()
+                if p.epilogue and p.epilogue.row_sums
+            }
+        )
 
-    def no_sums(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.sum_change = set()
+    def no_sums(plan):
+        for p in plan.nodes.values():
+            if p.epilogue is not None:
+                p.epilogue = dataclasses.replace(p.epilogue, row_sums=False)
 
     ref = ismkernel.ism(model, x, backend="reference")
     with _per_tap_everywhere():
-        with mock.patch.object(executor._Prepared, "__init__", record):
-            fused = ismkernel.ism(model, x, backend="cpu")
-        with mock.patch.object(executor._Prepared, "__init__", no_sums):
-            plain = ismkernel.ism(model, x, backend="cpu")
+        fused = _run_with(model, x, record)
+        plain = _run_with(model, x, no_sums)
     assert seen[0] == {last_add}
     assert_same_ism(ref, fused)
     for a, b in zip(fused.outputs, plain.outputs):

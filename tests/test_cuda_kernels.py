@@ -46,23 +46,6 @@ def test_gather(n_mut, width, n_ch):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(
-    "stride,dilation,left", [(1, 1, 0), (1, 2, 2), (2, 1, 1), (3, 2, 3)]
-)
-def test_col2im_add(stride, dilation, left):
-    rng = _rng(1)
-    n_mut, n_in, n_taps, n_ch, width = 3, 4, 3, 5, 9
-    taps = rng.normal(size=(n_mut, n_in, n_taps, n_ch)).astype(np.float32)
-    base = rng.normal(size=(n_mut, width, n_ch)).astype(np.float32)
-    in_start = rng.integers(0, 10, n_mut)
-    out_start = np.maximum(0, (in_start + left) // stride - 4)
-    want = base.copy()
-    cpu.col2im_add(want, taps, in_start, out_start, left, stride, dilation)
-    got = base.copy()
-    gpu.launch_col2im_add(got, taps, in_start, out_start, left, stride, dilation)
-    np.testing.assert_array_equal(got, want)
-
-
 @pytest.mark.parametrize("is_max", [True, False])
 @pytest.mark.parametrize("pool,stride,left", [(2, 2, 0), (3, 1, 1), (4, 3, 2)])
 def test_pool_window(is_max, pool, stride, left):
@@ -118,40 +101,6 @@ def test_unchanged():
     gpu.launch_unchanged(tile, tile_start, ref, seq, got)
     np.testing.assert_array_equal(got.astype(bool), want)
     assert want.tolist() == [True, False, True, True, False, True, True]
-
-
-@pytest.mark.parametrize("relu", [True, False])
-def test_bias_act_delta(relu):
-    rng = _rng(5)
-    n_mut, n_seqs, length, n_ch, width = 5, 2, 12, 9, 3
-    y = rng.normal(size=(n_mut, width, n_ch)).astype(np.float32)
-    bias = rng.normal(size=n_ch).astype(np.float32)
-    ref = rng.normal(size=(n_seqs, length, n_ch)).astype(np.float32)
-    seq = rng.integers(0, n_seqs, n_mut)
-    start = rng.integers(0, length - width, n_mut)
-    want_y = y + bias
-    if relu:
-        want_y = np.maximum(want_y, np.float32(0))
-    window = np.stack([ref[s, t : t + width] for s, t in zip(seq, start)])
-    got_y, delta = y.copy(), np.empty_like(y)
-    gpu.launch_bias_act_delta(got_y, bias, ref, seq, start, delta, relu)
-    np.testing.assert_array_equal(got_y, want_y)
-    np.testing.assert_array_equal(delta, want_y - window)
-
-
-@pytest.mark.parametrize("kind", ["delta", "mean-centred", "l2"])
-def test_reduce(kind):
-    from ismkernel.reduce import reduce_scores
-
-    rng = _rng(6)
-    mutant = rng.normal(size=(3, 11, 4, 5)).astype(np.float32)
-    reference = rng.normal(size=(3, 5)).astype(np.float32)
-    want = reduce_scores(mutant, reference, kind)
-    shape = (3, 11, 1, 5) if kind == "l2" else mutant.shape
-    got = np.empty(shape, np.float32)
-    gpu.launch_reduce(mutant, reference, got, kind)
-    got = got[:, :, 0] if kind == "l2" else got
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.gpu

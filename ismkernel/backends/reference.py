@@ -24,6 +24,7 @@ __all__ = [
     "apply",
     "merge",
     "naive_ism",
+    "ReferenceBackend",
     "unchanged_rows",
     "default_batch_size",
     "apply_activation",
@@ -394,6 +395,96 @@ def unchanged_rows(
     return np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
 
 
+class ReferenceBackend:
+    """Naive ISM as a backend: a full forward pass of every mutated input, in
+    batches, with the incremental backends' entry (``plan``, ``run``). It is
+    the executable specification they are tested against."""
+
+    name = "reference"
+
+    def plan(
+        self,
+        graph: Graph,
+        seq_input: str,
+        input_shapes: dict,
+        positions: np.ndarray,
+        *,
+        itemsize: int = 4,
+        output_rows: dict | None = None,
+        alternatives: np.ndarray | None = None,
+    ):
+        """The device-neutral plan (the run reads its positions and
+        alternatives; every mutant is computed in full)."""
+        from ismkernel.plan import build_plan
+
+        plan = build_plan(
+            graph,
+            seq_input,
+            input_shapes,
+            positions,
+            itemsize=itemsize,
+            output_rows=output_rows,
+            alternatives=alternatives,
+        )
+        plan.device = self.name
+        return plan
+
+    def run(
+        self,
+        plan,
+        feeds: Sequence[np.ndarray],
+        sink,
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        **_ignored,
+    ):
+        """Every mutant of ``plan`` for ``feeds`` (IR layout), into ``sink``;
+        ``batch_size`` mutants per forward pass (default from the budget)."""
+        from ismkernel.backends.engine import RunStats
+
+        graph = plan.graph
+        seq_index = graph.inputs.index(plan.seq_input)
+        x = feeds[seq_index]
+        positions = plan.positions
+        alternatives = np.asarray(plan.alternatives, dtype=x.dtype)
+        n_seqs = x.shape[0]
+        batch = batch_size or default_batch_size(graph, x.dtype)
+        sink.open(
+            n_seqs=n_seqs,
+            n_positions=len(positions),
+            n_alts=len(alternatives),
+            shapes=[plan.shapes[o] for o in graph.outputs],
+            dtype=x.dtype,
+            xp=np,
+        )
+        # A mutant whose row already equals the alternative is the reference.
+        same = unchanged_rows(x, positions, alternatives)
+        sink.begin_block(0, n_seqs, forward(graph, feeds), same)
+        seq_i, pos_i, alt_i = np.nonzero(~same)
+        for start in range(0, len(seq_i), batch):
+            sl = slice(start, start + batch)
+            s, p, a = seq_i[sl], pos_i[sl], alt_i[sl]
+            mutants = [f[s] for f in feeds]
+            mutants[seq_index] = mutants[seq_index].copy()
+            mutants[seq_index][np.arange(len(s)), positions[p]] = alternatives[a]
+            for k, y in enumerate(forward(graph, mutants)):
+                sink.write(k, s, p, a, y)
+            if progress is not None:
+                progress(len(s))
+        sink.end_block(0, n_seqs)
+        if progress is not None and len(same) and same.any():
+            progress(int(same.sum()))
+        return RunStats(
+            plan=plan,
+            seconds={},
+            n_mutants=len(seq_i),
+            n_copied=int(same.sum()),
+            chunk_size=batch,
+            block_size=n_seqs,
+        )
+
+
 def naive_ism(
     graph: Graph,
     feeds: Sequence[np.ndarray],
@@ -420,27 +511,17 @@ def naive_ism(
     reference : list of ndarray, per output ``(n_seqs, *out_shape)``
     outputs : list of ndarray, per output ``(n_seqs, n_positions, n_alts, *out_shape)``
     """
-    x = feeds[seq_index]
-    n_seqs = x.shape[0]
-    n_pos, n_alts = len(positions), len(alternatives)
-    reference = forward(graph, feeds)
-    outputs = [
-        np.broadcast_to(r[:, None, None], (n_seqs, n_pos, n_alts) + r.shape[1:]).copy()
-        for r in reference
-    ]
-    # A mutant whose row already equals the alternative is the reference itself.
-    same = unchanged_rows(x, positions, alternatives)
-    seq_i, pos_i, alt_i = np.nonzero(~same)
-    for start in range(0, len(seq_i), batch_size):
-        sl = slice(start, start + batch_size)
-        s, p, a = seq_i[sl], pos_i[sl], alt_i[sl]
-        batch = [f[s] for f in feeds]
-        batch[seq_index] = batch[seq_index].copy()
-        batch[seq_index][np.arange(len(s)), positions[p]] = alternatives[a]
-        for out, y in zip(outputs, forward(graph, batch)):
-            out[s, p, a] = y
-        if progress is not None:
-            progress(len(s))
-    if progress is not None and len(same) and same.any():
-        progress(int(same.sum()))
-    return reference, outputs
+    from ismkernel.reduce import OutputSink
+
+    backend = ReferenceBackend()
+    plan = backend.plan(
+        graph,
+        graph.inputs[seq_index],
+        {name: f.shape[1:] for name, f in zip(graph.inputs, feeds)},
+        np.asarray(positions, dtype=np.int64),
+        itemsize=feeds[seq_index].dtype.itemsize,
+        alternatives=alternatives,
+    )
+    sink = OutputSink()
+    backend.run(plan, feeds, sink, batch_size=batch_size, progress=progress)
+    return sink.reference, sink.outputs

@@ -23,6 +23,13 @@ Node kinds
     Every value of every mutant is computed (a vector after Flatten/Dense or
     global pooling, or anything downstream of an op with no incremental
     rule).
+
+Strategies are device-neutral: how a node's values follow from its inputs'
+(a lookup of kernel taps, the convolution of a change, a recomputed window,
+...). A backend lowers a plan for its device (``backends/<device>/tactics.py``):
+it picks a tactic per node and fixes the fusion records
+(:mod:`ismkernel.plan.fusion`); ``ismkernel inspect`` prints the lowered plan
+a run uses.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ismkernel import config
+from ismkernel.errors import UnsupportedLayerError
 from ismkernel.ir import Graph, conv_padding, infer_shape
 from ismkernel.ir import nodes as ops
+from ismkernel.plan.fusion import Epilogue, describe_fusion
 from ismkernel.plan.intervals import (
     EMPTY,
     backward_need,
@@ -45,30 +53,34 @@ from ismkernel.plan.intervals import (
 __all__ = [
     "NodePlan",
     "Plan",
+    "STRATEGIES",
     "build_plan",
     "changed_rows",
     "concrete_shapes",
     "per_tap_rows",
 ]
 
-_LOCAL_RESHAPING = (ops.Crop1D, ops.ZeroPad1D, ops.UpSample1D)
-_POINTWISE = (
-    ops.Activation,
-    ops.PReLU,
-    ops.ChannelAffine,
-    ops.LayerNorm,
-    ops.Dense,
-    ops.ChannelSlice,
+#: Every device-neutral strategy a plan may hold; each backend's walker runs
+#: each of them, and fails loudly on any other.
+STRATEGIES = (
+    "row",  # the mutated input
+    "reference",  # independent of the mutated input
+    "lookup",  # first convolution: kernel taps of the new row minus the old
+    "delta",  # convolution of the change of its input window
+    "window",  # convolution recomputed on its window
+    "pool",  # pooling recomputed on the window
+    "pointwise",  # a row-local op applied on the window
+    "shift",  # a crop or a pad: the input's window, shifted
+    "upsample",  # rows repeated
+    "merge",  # element-wise merge of the inputs' windows
+    "concat",  # channel concatenation of the inputs' windows
+    "virtual",  # a Flatten read only by Dense layers, never materialised
+    "flatten-dense",  # Dense rows of the window applied to its change
+    "global-avg",  # mean over the length: reference plus the change's sum
+    "global-sum",
+    "global-max",  # maxima outside the window combined with the new ones
+    "dense",  # every value of every mutant, by the op's reference function
 )
-
-
-def is_row_local(op: ops.Op) -> bool:
-    """Whether each output row depends only on the same input row (and the op
-    keeps the (length, channels) form): pointwise ops, per-row dense and
-    normalisation, and a reduction over channels that keeps its axis."""
-    if isinstance(op, ops.GlobalPool1D):
-        return op.axis == 1 and op.keepdims
-    return isinstance(op, _POINTWISE)
 
 
 @dataclass
@@ -81,16 +93,11 @@ class NodePlan:
     kind : str
         ``row``, ``const``, ``tile``, ``virtual`` or ``full`` (module docs).
     strategy : str
-        ``row``, ``reference``, ``lookup`` (first convolution: kernel taps of
-        the changed row), ``delta`` (convolution of the change of the input
-        window), ``delta-per-tap`` (the same, one GEMM per kernel tap on the
-        input rows whose product lands in the window: for wide windows),
-        ``delta-few-channels`` (the same for few output channels, a profile
-        head: the products of the changed input rows only, rows last),
-        ``window`` (convolution recomputed on the window), ``pool``,
-        ``pointwise``, ``gather`` (merge, concatenate, crop, pad, upsample),
-        ``virtual``, ``flatten-dense`` (Dense rows of the window applied to its
-        change), ``global-avg``, ``global-sum``, ``global-max`` or ``dense``.
+        One of :data:`STRATEGIES`, device-neutral.
+    tactic : str
+        How the lowering device computes it (``strategy`` unless a backend's
+        tactics chose otherwise, e.g. ``per-tap`` for a ``delta``
+        convolution on the CPU).
     shape : tuple of int
         Per-sample output shape at this sequence length.
     lo, hi : ndarray of int64, shape (n_positions,)
@@ -102,13 +109,25 @@ class NodePlan:
         Width of every mutant's window (``tile``/``row``).
     start : ndarray of int64, shape (n_positions,)
         First row of the window, per mutated position.
+    offset : int
+        ``shift``: output row ``o`` is input row ``o + offset``.
+    factor : int
+        ``upsample``: each input row repeated ``factor`` times.
     flops_naive, flops_plan : float
         Floating-point operations per mutant of a full forward pass of this
-        node and of the plan's strategy.
+        node and of the plan's strategy (its tactic, once lowered).
     bytes_per_mutant : int
         Bytes per mutant of this node's values plus its scratch space.
     reason : str
         Why a node that reads the mutated input is computed in full.
+    epilogue : Epilogue or None
+        A ``delta`` convolution's fused epilogue (lowered plans).
+    fused_into : str
+        The convolution that computes this node in its epilogue (a ReLU or a
+        residual add), or ``""``.
+    exit_check : bool
+        After this node, mutants whose change is exactly zero stop and keep
+        the reference outputs (it is all the rest of the graph reads).
     """
 
     name: str
@@ -124,6 +143,12 @@ class NodePlan:
     flops_plan: float = 0.0
     bytes_per_mutant: int = 0
     reason: str = ""
+    tactic: str = ""
+    offset: int = 0
+    factor: int = 1
+    epilogue: Epilogue | None = None
+    fused_into: str = ""
+    exit_check: bool = False
 
 
 @dataclass
@@ -142,6 +167,12 @@ class Plan:
         Concrete per-sample shapes.
     last_use : dict of str to str
         The last node (in order) that reads each node; outputs read at the end.
+    device : str
+        The backend whose tactics lowered the plan (``""``: not lowered).
+    alternatives : ndarray or None
+        The rows written at each position, when the plan is built for a run.
+    output_rows : dict
+        Rows of each profile output node that are computed (the rest are not).
     """
 
     graph: Graph
@@ -152,6 +183,12 @@ class Plan:
     shapes: dict[str, tuple]
     itemsize: int = 4
     last_use: dict[str, str] = field(default_factory=dict)
+    device: str = ""
+    alternatives: np.ndarray | None = None
+    output_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Device constants prepared once per plan (kernels laid out for GEMMs,
+    #: weights uploaded), by backend name; filled by the backends.
+    prepared: dict = field(default_factory=dict, repr=False)
 
     @property
     def flops_naive(self) -> float:
@@ -207,13 +244,15 @@ class Plan:
         return int(p.lo[j]), int(p.hi[j])
 
     def describe(self) -> str:
-        """A table of the plan, one node per line (``ismkernel inspect``)."""
+        """A table of the plan, one node per line, then its fusion records
+        (``ismkernel inspect``)."""
         rows = [
             (
                 "node",
                 "op",
                 "kind",
                 "strategy",
+                "tactic",
                 "window",
                 "width",
                 "MFLOP naive",
@@ -223,12 +262,16 @@ class Plan:
         for name, p in self.nodes.items():
             op = self.graph.nodes[name].op.kind
             win = self.mid_window(name)
+            tactic = p.tactic or p.strategy
+            if p.fused_into:
+                tactic = f"in {p.fused_into}"
             rows.append(
                 (
                     name,
                     op,
                     p.kind,
                     p.strategy,
+                    tactic,
                     "-" if win is None else f"[{win[0]}, {win[1]})",
                     str(p.width) if p.kind in ("row", "tile") else "-",
                     f"{p.flops_naive / 1e6:.3f}",
@@ -239,7 +282,7 @@ class Plan:
         lines = []
         for k, r in enumerate(rows):
             cells = [
-                c.ljust(w) if i < 6 else c.rjust(w)
+                c.ljust(w) if i < 7 else c.rjust(w)
                 for i, (c, w) in enumerate(zip(r, widths))
             ]
             lines.append("  ".join(cells).rstrip())
@@ -259,6 +302,10 @@ class Plan:
         if dense:
             lines.append("Computed in full from here on:")
             lines.extend(dense)
+        fusion = describe_fusion(self)
+        if fusion:
+            lines.append("")
+            lines.extend(fusion)
         return "\n".join(lines)
 
 
@@ -273,39 +320,19 @@ def concrete_shapes(graph: Graph, input_shapes: dict[str, tuple]) -> dict[str, t
     return shapes
 
 
-def _local_reason(node: ops.Node, in_shapes: list[tuple], out_shape: tuple) -> str:
-    """'' if ``node`` has a window rule on rank-2 inputs, else why not."""
-    op = node.op
+def _local_rule(node: ops.Node, in_shapes: list[tuple], out_shape: tuple):
+    """``(strategy, "")`` for an op with a window rule on rank-2 inputs, else
+    ``("", why not)``."""
     if len(out_shape) != 2 or any(len(s) != 2 for s in in_shapes):
-        return f"{op.kind} on a tensor that is not (length, channels)"
-    if isinstance(
-        op,
-        (
-            ops.Conv1D,
-            ops.Pool1D,
-            *_LOCAL_RESHAPING,
-            ops.LayerNorm,
-            ops.Dense,
-            ops.ChannelSlice,
-        ),
-    ) or (isinstance(op, ops.GlobalPool1D) and is_row_local(op)):
-        return ""
-    if isinstance(op, ops.Activation):
-        if op.fn in ("softmax", "log_softmax") and op.axis % 2 == 0:
-            return f"{op.fn} over the length axis"
-        return ""
-    if isinstance(op, (ops.PReLU, ops.ChannelAffine)):
-        for w in node.weights.values():
-            if w.ndim == 2 and w.shape[0] != 1:
-                return "weights vary along the length axis"
-        return ""
-    if isinstance(op, ops.Merge):
-        if any(tuple(s) != tuple(out_shape) for s in in_shapes):
-            return "merge that broadcasts its inputs"
-        return ""
-    if isinstance(op, ops.Concatenate):
-        return "" if op.axis == 1 else "concatenation along the length axis"
-    return f"{op.kind} has no incremental rule"
+        return "", f"{node.op.kind} on a tensor that is not (length, channels)"
+    strategy, reason = node.op.rule(node, in_shapes, out_shape)
+    # ("conv" is resolved to lookup, delta or window once widths are known)
+    if strategy and strategy not in STRATEGIES + ("conv",):
+        raise UnsupportedLayerError(
+            f"{node.where()}: its rule names the strategy {strategy!r}, which no "
+            f"backend runs; known strategies: {', '.join(STRATEGIES)}"
+        )
+    return strategy, reason
 
 
 #: Cost, in FLOP equivalents, of moving one value through memory (im2col
@@ -343,7 +370,7 @@ def per_tap_rows(
     out_start: np.ndarray,
     out_width: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of a stride-1 ``delta-per-tap`` convolution, per tap and mutant.
+    """Rows of a stride-1 ``delta`` convolution, per tap and mutant.
 
     Input row ``in_start + j`` of the input window times tap ``k`` lands on
     output window row ``first[k] + j``. Returns ``first``, ``j0``, ``j1``,
@@ -356,43 +383,12 @@ def per_tap_rows(
     return first, np.maximum(j0[None, :], -first), np.minimum(j1, out_width - first)
 
 
-def _per_tap_flops(op: ops.Conv1D, cin: int, src: NodePlan, p: NodePlan) -> float:
-    """Mean FLOPs per mutant of a stride-1 delta convolution run one tap at a
-    time on only the changed input rows whose product lands in the output
-    window."""
-    left = conv_padding(src.shape[0], op.kernel_size, 1, op.dilation, op.padding)[0]
-    _, j0, j1 = per_tap_rows(
-        op, left, src.start, src.width, src.lo, src.hi, p.start, p.width
-    )
-    rows = np.maximum(j1 - j0, 0).sum(axis=0)
-    mean = float(rows.mean()) if rows.size else 0.0
-    return 2.0 * mean * cin * op.n_filters
-
-
-def _naive_flops(node: ops.Node, in_shapes: list[tuple], shape: tuple) -> float:
+def conv_left(plan: Plan, name: str) -> int:
+    """Left padding of convolution ``name`` at the plan's input length."""
+    node = plan.graph.nodes[name]
     op = node.op
-    size = math.prod(shape) if shape else 1
-    if isinstance(op, ops.Conv1D):
-        return (
-            2.0
-            * shape[0]
-            * op.kernel_size
-            * (in_shapes[0][1] // op.groups)
-            * op.n_filters
-        )
-    if isinstance(op, ops.Dense):
-        return 2.0 * math.prod(in_shapes[0]) * op.units
-    if isinstance(op, ops.Pool1D):
-        return float(size * op.pool_size)
-    if isinstance(op, (ops.Activation, ops.PReLU, ops.ChannelAffine, ops.Merge)):
-        return float(
-            size * max(1, len(in_shapes) - 1 if isinstance(op, ops.Merge) else 1)
-        )
-    if isinstance(op, ops.LayerNorm):
-        return 5.0 * size
-    if isinstance(op, ops.GlobalPool1D):
-        return float(math.prod(in_shapes[0]))
-    return 0.0
+    in_len = plan.shapes[node.inputs[0]][0]
+    return conv_padding(in_len, op.kernel_size, op.stride, op.dilation, op.padding)[0]
 
 
 def build_plan(
@@ -402,8 +398,12 @@ def build_plan(
     positions: np.ndarray,
     itemsize: int = 4,
     output_rows: dict[str, tuple[int, int]] | None = None,
+    alternatives: np.ndarray | None = None,
 ) -> Plan:
     """Plan ISM of ``graph`` mutating input ``seq_input`` at ``positions``.
+
+    The plan is device-neutral and has no fusion records; a backend lowers it
+    (:func:`ismkernel.backends.get_backend` ``(name).plan(...)`` does both).
 
     Parameters
     ----------
@@ -417,9 +417,11 @@ def build_plan(
     itemsize : int
         Bytes per value of the computation dtype.
     output_rows : dict of str to (start, end), optional
-        Rows of (length, channels) output nodes that are wanted; the rest of
+        Rows of (profile) output nodes that are wanted; the rest of
         such an output is neither computed nor read (a summed range of a
         profile, or ``(0, 0)`` for an output nobody reads).
+    alternatives : ndarray, shape (n_alts, n_channels), optional
+        The rows written at each position (kept with the plan for the run).
     """
     shapes = concrete_shapes(graph, input_shapes)
     seq_len = shapes[seq_input][0]
@@ -468,19 +470,16 @@ def build_plan(
                 "global-" + {"average": "avg"}.get(op.mode, op.mode),
             )
         else:
-            reason = _local_reason(node, in_shapes, shape)
-            if reason:
-                kind, strategy = "full", "dense"
-            elif isinstance(op, ops.Conv1D):
-                kind, strategy = "tile", "conv"  # resolved once widths are known
-            elif isinstance(op, ops.Pool1D):
-                kind, strategy = "tile", "pool"
-            elif is_row_local(op):
-                kind, strategy = "tile", "pointwise"
-            else:
-                kind, strategy = "tile", "gather"
+            strategy, reason = _local_rule(node, in_shapes, shape)
+            kind = "tile" if strategy else "full"
+            strategy = strategy or "dense"
         kinds[name] = kind
-        plans[name] = NodePlan(name, kind, strategy, shape, reason=reason)
+        p = NodePlan(name, kind, strategy, shape, reason=reason)
+        if strategy == "shift":
+            p.offset = int(op.row_offset)
+        elif strategy == "upsample":
+            p.factor = int(op.size)
+        plans[name] = p
 
     # 2. Rows needed downstream, backwards.
     needs: dict[str, tuple[int, int]] = {}
@@ -508,7 +507,11 @@ def build_plan(
     for name, node in graph.nodes.items():
         p = plans[name]
         in_shapes = [shapes[i] for i in node.inputs]
-        p.flops_naive = _naive_flops(node, in_shapes, p.shape)
+        p.flops_naive = (
+            0.0
+            if isinstance(node.op, ops.Input)
+            else node.op.flops(node, in_shapes, p.shape)
+        )
         if p.kind in ("row", "tile"):
             length = p.shape[0]
             if p.kind == "row":
@@ -551,6 +554,7 @@ def build_plan(
                 p.flops_plan = p.flops_naive
         if p.kind == "const":
             p.flops_plan = 0.0
+        p.tactic = p.strategy
 
     last_use: dict[str, str] = {}
     for name, node in graph.nodes.items():
@@ -567,6 +571,8 @@ def build_plan(
         shapes=shapes,
         itemsize=itemsize,
         last_use=last_use,
+        alternatives=alternatives,
+        output_rows=dict(output_rows or {}),
     )
 
 
@@ -582,7 +588,7 @@ def _cost(
     size = p.width * p.shape[1]
     if p.kind == "row":
         return
-    if isinstance(op, ops.Conv1D):
+    if p.strategy == "conv":
         src = plans[node.inputs[0]]
         cin = shapes[node.inputs[0]][1]
         delta, window, delta_cost, window_cost = _conv_costs(
@@ -592,45 +598,25 @@ def _cost(
             p.strategy, p.flops_plan = "lookup", float(op.kernel_size * op.n_filters)
             p.bytes_per_mutant += op.kernel_size * op.n_filters * itemsize
         elif delta_cost <= window_cost:
-            if (
-                op.groups == 1
-                and op.stride == 1
-                and op.n_filters >= config.CPU_FEW_CHANNELS
-                and src.width >= config.CPU_PER_TAP_MIN_ROWS
-            ):
-                p.strategy = "delta-per-tap"
-                p.flops_plan = _per_tap_flops(op, cin, src, p)
-                p.bytes_per_mutant += src.width * cin * itemsize
-            elif (
-                op.groups == 1
-                and op.stride == 1
-                and op.n_filters < config.CPU_FEW_CHANNELS
-            ):
-                j0, j1 = changed_rows(src.start, src.width, src.lo, src.hi)
-                rows = float((j1 - j0).mean()) if j0.size else 0.0
-                p.strategy = "delta-few-channels"
-                p.flops_plan = 2.0 * rows * op.kernel_size * cin * op.n_filters
-                p.bytes_per_mutant += src.width * cin * itemsize
-            else:
-                p.strategy, p.flops_plan = "delta", delta
-                taps_bytes = src.width * op.kernel_size * op.n_filters * itemsize
-                p.bytes_per_mutant += taps_bytes + src.width * cin * itemsize
+            # one GEMM of the input change with every tap, the products then
+            # added onto the output window; a device's tactics may do it
+            # another way (and count its FLOPs and bytes their way)
+            p.strategy, p.flops_plan = "delta", delta
+            taps_bytes = src.width * op.kernel_size * op.n_filters * itemsize
+            p.bytes_per_mutant += taps_bytes + src.width * cin * itemsize
         else:
             p.strategy, p.flops_plan = "window", window
             span = (p.width - 1) * op.stride + (op.kernel_size - 1) * op.dilation + 1
             p.bytes_per_mutant += (
                 span * cin + p.width * op.kernel_size * (cin // op.groups)
             ) * itemsize
-    elif isinstance(op, ops.Pool1D):
-        p.flops_plan = float(size * op.pool_size)
-    elif isinstance(op, ops.Dense):
-        p.flops_plan = 2.0 * p.width * shapes[node.inputs[0]][1] * op.units
-    elif isinstance(op, ops.LayerNorm):
-        p.flops_plan = 5.0 * size
-    elif isinstance(op, ops.Merge):
-        p.flops_plan = float(size * (len(node.inputs) - 1))
+        return
+    in_shapes = [(p.width, shapes[i][1]) for i in node.inputs]
+    p.flops_plan = float(node.op.flops(node, in_shapes, (p.width, p.shape[1])))
+    if p.strategy == "merge":
         p.bytes_per_mutant += size * len(node.inputs) * itemsize
-    elif isinstance(op, (ops.Activation, ops.PReLU, ops.ChannelAffine)):
-        p.flops_plan = float(size)
-    else:  # crops, pads, upsampling and concatenation move data only
+    elif p.strategy in ("shift", "upsample", "concat") or isinstance(
+        op, (ops.ChannelSlice, ops.GlobalPool1D)
+    ):
+        # these move data into a new tile
         p.bytes_per_mutant += size * itemsize

@@ -22,7 +22,6 @@ __all__ = [
     "gather",
     "change",
     "change_sum",
-    "col2im_add",
     "col2im_ref",
     "conv_few_channels",
     "conv_per_tap",
@@ -402,8 +401,10 @@ def col2im_ref(
     sums: np.ndarray | None = None,
 ) -> np.ndarray:
     """The reference output window plus the per-tap products of the changed
-    input rows (:func:`gather` of the reference then :func:`col2im_add`, the
-    products summed first), in one pass that writes each output row once;
+    input rows (``taps[m, j, k]``: input row ``in_start[m] + j`` times tap
+    ``k``, which lands on output row ``o`` with ``o * stride - left + k *
+    dilation`` equal to that input row; a row's products summed first), in
+    one pass that writes each output row once;
     then, while the row is in cache, the ReLU, a residual input and the
     result's change, each if asked (as in :func:`conv_per_tap`)."""
     _col2im_ref(
@@ -763,42 +764,6 @@ def conv_per_tap(
         _epilogue(out, out_start, residual, change, sums),
     )
     return out
-
-
-@numba.njit(**_OPTS)
-def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
-    n_mut, width, n_ch = out.shape
-    n_in, n_taps = taps.shape[1], taps.shape[2]
-    for m in range(n_mut):
-        o0 = out_start[m]
-        for j in range(n_in):
-            p = in_start[m] + j
-            for k in range(n_taps):
-                num = p + left - k * dilation
-                if num < 0 or num % stride:
-                    continue
-                o = num // stride - o0
-                if 0 <= o < width:
-                    for c in range(n_ch):
-                        out[m, o, c] += taps[m, j, k, c]
-
-
-def col2im_add(
-    out: np.ndarray,
-    taps: np.ndarray,
-    in_start: np.ndarray,
-    out_start: np.ndarray,
-    left: int,
-    stride: int,
-    dilation: int,
-) -> None:
-    """Add the per-tap products of changed input rows to the output windows.
-
-    ``taps[m, j, k]`` is input row ``in_start[m] + j`` times kernel tap ``k``;
-    it lands on output row ``o`` with ``o * stride - left + k * dilation`` equal
-    to that input row, when ``o`` lies in the mutant's output window.
-    """
-    _col2im_add(out, taps, in_start, out_start, left, stride, dilation)
 
 
 @numba.njit(**_OPTS)

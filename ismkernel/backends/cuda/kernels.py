@@ -21,12 +21,9 @@ from numba import cuda
 __all__ = [
     "THREADS",
     "launch_gather",
-    "launch_col2im_add",
     "launch_pool_window",
     "launch_lookup_add",
     "launch_unchanged",
-    "launch_bias_act_delta",
-    "launch_reduce",
 ]
 
 #: Threads per block. Grids are rounded up; the last block is partial.
@@ -66,34 +63,6 @@ def launch_gather(tile, tile_start, ref, seq, start, out, pad=0.0):
     ``pad``. (With no tile, pass a tile of width 0.)"""
     blocks, threads = _grid(out.size)
     _gather[blocks, threads](tile, tile_start, ref, seq, start, out, pad)
-
-
-@cuda.jit
-def _col2im_add(out, taps, in_start, out_start, left, stride, dilation):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = out.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, o, c = _element(i, width, n_ch)
-    n_in = taps.shape[1]
-    acc = out[m, o, c]
-    # The CPU kernel adds, for each input row j in order, every tap k that
-    # lands here; the same (j, k) pairs in the same order.
-    o_abs = o + out_start[m]
-    for j in range(n_in):
-        p = in_start[m] + j
-        for k in range(taps.shape[2]):
-            num = p + left - k * dilation
-            if num >= 0 and num % stride == 0 and num // stride == o_abs:
-                acc += taps[m, j, k, c]
-    out[m, o, c] = acc
-
-
-def launch_col2im_add(out, taps, in_start, out_start, left, stride, dilation):
-    """Add the per-tap products ``taps[m, j, k]`` (input row ``in_start[m] +
-    j`` times tap ``k``) onto the output rows they land on."""
-    blocks, threads = _grid(out.size)
-    _col2im_add[blocks, threads](out, taps, in_start, out_start, left, stride, dilation)
 
 
 @cuda.jit
@@ -217,69 +186,3 @@ def launch_unchanged(tile, tile_start, ref, seq, same):
     ``m``'s window differs from the reference anywhere."""
     blocks, threads = _grid(tile.size)
     _unchanged[blocks, threads](tile, tile_start, ref, seq, same)
-
-
-@cuda.jit
-def _bias_act_delta(y, bias, ref, seq, start, delta, act):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = y.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, j, c = _element(i, width, n_ch)
-    v = y[m, j, c] + bias[c]
-    if act == 1 and v < 0:
-        v = v - v  # +0 in v's own dtype
-    y[m, j, c] = v
-    delta[m, j, c] = v - ref[seq[m], start[m] + j, c]
-
-
-def launch_bias_act_delta(y, bias, ref, seq, start, delta, relu):
-    """In one pass over a GEMM's output ``y``: add ``bias``, apply ReLU when
-    ``relu``, and write the change from the reference window into
-    ``delta``."""
-    blocks, threads = _grid(y.size)
-    _bias_act_delta[blocks, threads](y, bias, ref, seq, start, delta, 1 if relu else 0)
-
-
-@cuda.jit
-def _reduce(mutant, reference, out, kind):
-    # mutant: (n, P, A, K) flattened outputs; reference: (n, K); out: (n, P, A, K)
-    # or (n, P, 1, K) for l2.
-    i = cuda.grid(1)
-    n, n_pos, n_alt, n_k = mutant.shape
-    if i >= n * n_pos * n_k:
-        return
-    k = i % n_k
-    p = (i // n_k) % n_pos
-    s = i // (n_k * n_pos)
-    r = reference[s, k]
-    # Accumulators start from the first term, so they keep the input dtype.
-    if kind == 0:  # delta
-        for a in range(n_alt):
-            out[s, p, a, k] = mutant[s, p, a, k] - r
-    elif kind == 1:  # mean-centred
-        mean = mutant[s, p, 0, k] - r
-        for a in range(1, n_alt):
-            mean += mutant[s, p, a, k] - r
-        mean /= n_alt
-        for a in range(n_alt):
-            out[s, p, a, k] = (mutant[s, p, a, k] - r) - mean
-    else:  # l2
-        d = mutant[s, p, 0, k] - r
-        total = d * d
-        for a in range(1, n_alt):
-            d = mutant[s, p, a, k] - r
-            total += d * d
-        out[s, p, 0, k] = math.sqrt(total)
-
-
-_KINDS = {"delta": 0, "mean-centred": 1, "l2": 2}
-
-
-def launch_reduce(mutant, reference, out, kind):
-    """The ``delta``, ``mean-centred`` or ``l2`` reducer of ``mutant``
-    ``(n, P, A, K)`` against ``reference`` ``(n, K)`` into ``out``, on the
-    device, before anything is copied to the host."""
-    n, n_pos, _, n_k = mutant.shape
-    blocks, threads = _grid(n * n_pos * n_k)
-    _reduce[blocks, threads](mutant, reference, out, _KINDS[kind])
