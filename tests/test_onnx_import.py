@@ -157,11 +157,16 @@ def test_missing_onnx_package_is_a_clear_error(monkeypatch):
     [
         (
             "lstm",
-            r"node '.*' \(LSTM\).*op type LSTM is not supported; supported: .*Conv",
+            r"node '.*' \(LSTM\).*LSTM is a recurrent layer.*computes neither "
+            r"attention nor recurrence and refuses the model",
         ),
         ("flip", r"\(Slice\).*Slice with step -1 is not supported"),
         ("reflect_pad", r"\(Pad\).*Pad mode 'reflect' is not supported"),
-        ("attention", r"\(MatMul\).*must be a constant"),
+        (
+            "attention",
+            r"\(MatMul\).*multiplies two tensors computed from the model input "
+            r"\(attention\)",
+        ),
         ("conv2d", r"input 'x' .* has rank 4"),
         ("cumsum", r"\(CumSum\).*op type CumSum is not supported"),
     ],
@@ -452,3 +457,366 @@ def test_free_length_model_on_the_command_line(tmp_path):
         [*run, "inspect", path, "--length", "80"], capture_output=True, text=True
     )
     assert "ISM plan" in proc.stdout, proc.stderr
+
+
+# -- one meaning, many spellings -------------------------------------------------
+
+I64_MAX, I32_MAX = 2**63 - 1, 2**31 - 1
+
+
+def _n(op, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), **attrs)
+
+
+def _graph_ops(model) -> list[str]:
+    return [type(n.op).__name__ for n in model.graph.nodes.values()]
+
+
+def _run_spelling(tmp_path, nodes, inits, opset=18):
+    model = ismkernel.load_model(_save(tmp_path, nodes, inits, opset=opset))
+    x = np.random.default_rng(7).normal(size=(3, 4, 16)).astype(np.float32)
+    (y,) = model.predict(x)
+    return model, x, y
+
+
+CROPS = {
+    "negative pads": ([_n("Pad", ["x", "p"])], [("p", np.array([0, 0, -3, 0, 0, -2]))]),
+    "negative pads on given axes": (
+        [_n("Pad", ["x", "p", "", "a"])],
+        [("p", np.array([-3, -2])), ("a", np.array([-1]))],
+    ),
+    "negative pads in reflect mode": (
+        [_n("Pad", ["x", "p"], mode="reflect")],
+        [("p", np.array([0, 0, -3, 0, 0, -2]))],
+    ),
+    "negative end": (
+        [_n("Slice", ["x", "s", "e", "a"])],
+        [("s", np.array([3])), ("e", np.array([-2])), ("a", np.array([2]))],
+    ),
+    "negative start and axis": (
+        [_n("Slice", ["x", "s", "e", "a"])],
+        [("s", np.array([-13])), ("e", np.array([14])), ("a", np.array([-1]))],
+    ),
+    "clamped ends on every axis": (
+        [_n("Slice", ["x", "s", "e"])],
+        [("s", np.array([0, -99, 3])), ("e", np.array([I64_MAX, I32_MAX, -2]))],
+    ),
+    "gather of a run": (
+        [_n("Gather", ["x", "i"], axis=2)],
+        [("i", np.arange(3, 14))],
+    ),
+    "negative pads on a size-1 axis view": (
+        [
+            _n("Unsqueeze", ["x", "u"], ["x4"]),
+            _n("Pad", ["x4", "p"], ["c4"]),
+            _n("Squeeze", ["c4", "u"]),
+        ],
+        [("u", np.array([2])), ("p", np.array([0, 0, 0, -3, 0, 0, 0, -2]))],
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(CROPS))
+def test_every_spelling_of_a_crop_is_one_crop(tmp_path, spelling):
+    nodes, inits = CROPS[spelling]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    np.testing.assert_array_equal(y, x[:, :, 3:14])
+    assert _graph_ops(model) == ["Input", "Crop1D"]
+
+
+def test_crop_and_pad_in_one_pad_and_a_channel_crop(tmp_path):
+    nodes = [_n("Pad", ["x", "p"], ["a"]), _n("Pad", ["a", "q"])]
+    inits = [("p", np.array([0, 0, -2, 0, 0, 3])), ("q", np.array([0, -1, 0, 0, 0, 0]))]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    np.testing.assert_array_equal(y, np.pad(x[:, 1:, 2:], ((0, 0), (0, 0), (0, 3))))
+    assert _graph_ops(model) == ["Input", "Crop1D", "ZeroPad1D", "ChannelSlice"]
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
+    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS)
+    assert_same_ism(ref, cpu, "crop and pad")
+
+
+FLATTENS = {
+    "Flatten": ([_n("Flatten", ["x"])], [], (64,)),
+    "Reshape to (N, -1)": (
+        [_n("Reshape", ["x", "s"])],
+        [("s", np.array([0, -1]))],
+        (64,),
+    ),
+    "Reshape to (N, 1, C*L)": (
+        [_n("Reshape", ["x", "s"])],
+        [("s", np.array([-1, 1, 64]))],
+        (1, 64),
+    ),
+    "Reshape to (N, C*L, 1)": (
+        [_n("Reshape", ["x", "s"])],
+        [("s", np.array([0, 64, 1]))],
+        (64, 1),
+    ),
+    "Flatten after a size-1 axis": (
+        [_n("Unsqueeze", ["x", "u"], ["x4"]), _n("Flatten", ["x4"], axis=2)],
+        [("u", np.array([1]))],
+        (64,),
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(FLATTENS))
+def test_every_spelling_of_a_flatten_is_one_flatten(tmp_path, spelling):
+    nodes, inits, shape = FLATTENS[spelling]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    np.testing.assert_array_equal(y, x.reshape((3,) + shape))
+    assert _graph_ops(model) == ["Input", "Flatten"]
+    assert model.graph.nodes[model.graph.outputs[0]].op.channels_first
+
+
+def test_transpose_then_reshape_is_a_channels_last_flatten(tmp_path):
+    nodes = [_n("Transpose", ["x"], ["t"], perm=[0, 2, 1]), _n("Reshape", ["t", "s"])]
+    model, x, y = _run_spelling(tmp_path, nodes, [("s", np.array([0, 1, -1]))])
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 1).reshape(3, 1, 64))
+    assert _graph_ops(model) == ["Input", "Flatten"]
+    assert not model.graph.nodes[model.graph.outputs[0]].op.channels_first
+
+
+DENSES = {
+    "weights first": ([_n("MatMul", ["w", "x"])], "ocl"),
+    "einsum": ([_n("Einsum", ["x", "w"], equation="bcl,oc->bol")], "ocl"),
+    "einsum, weights first": (
+        [_n("Einsum", ["w", "x"], equation="oc,bcl->bol")],
+        "ocl",
+    ),
+    "einsum to channels last": (
+        [_n("Einsum", ["x", "w"], equation="bcl,oc->blo")],
+        "lo",
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(DENSES))
+def test_products_over_channels_are_dense_layers(tmp_path, spelling):
+    nodes, layout = DENSES[spelling]
+    w = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+    model, x, y = _run_spelling(tmp_path, nodes, [("w", w)])
+    want = np.einsum("oc,ncl->nol", w, x)
+    if layout == "lo":
+        want = want.transpose(0, 2, 1)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    assert _graph_ops(model) == ["Input", "Dense"]
+
+
+def test_gather_of_one_channel_drops_the_axis(tmp_path):
+    nodes = [_n("Gather", ["x", "i"], axis=1)]
+    model, x, y = _run_spelling(tmp_path, nodes, [("i", np.array(-3))])
+    np.testing.assert_array_equal(y, x[:, 1])
+
+
+MERGES = {
+    "Max with zero": ([_n("Max", ["x", "z"])], [("z", np.float32(0))], ["relu"]),
+    "Min with a bound": ([_n("Min", ["x", "b"])], [("b", np.float32(0.5))], ["clip"]),
+    "Max with two bounds": (
+        [_n("Max", ["x", "b", "z"])],
+        [("b", np.float32(-1)), ("z", np.float32(0.3))],
+        ["clip"],
+    ),
+    "Max of tensors": ([_n("Neg", ["x"], ["n"]), _n("Max", ["x", "n"])], [], None),
+    "Sum of three": ([_n("Sum", ["x", "x", "x"])], [], None),
+    "Mean of two": ([_n("Neg", ["x"], ["n"]), _n("Mean", ["x", "n", "x"])], [], None),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(MERGES))
+def test_variadic_element_wise_ops(tmp_path, spelling):
+    nodes, inits, fns = MERGES[spelling]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    want = {
+        "Max with zero": np.maximum(x, 0),
+        "Min with a bound": np.minimum(x, 0.5),
+        "Max with two bounds": np.maximum(x, 0.3),
+        "Max of tensors": np.abs(x),
+        "Sum of three": x + x + x,
+        "Mean of two": (x - x + x) / 3,
+    }[spelling]
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
+    if fns:
+        node = model.graph.nodes[model.graph.outputs[0]]
+        assert [node.op.fn] == fns
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,match",
+    [
+        (
+            [_n("Gather", ["x", "i"], axis=2)],
+            [("i", np.array([0, 2]))],
+            r"\(Gather\).*only one row or a run of rows in order",
+        ),
+        (
+            [_n("Flatten", ["x"], axis=2)],
+            [],
+            r"\(Flatten\).*merges the batch axis",
+        ),
+        (
+            [_n("Pad", ["x", "p"])],
+            [("p", np.array([0, 0, 10, 0, 0, -20]))],
+            r"\(Pad\).*crop all 16 rows of axis 2 and part of the padding",
+        ),
+        (
+            [_n("Pad", ["x", "p"], mode="edge")],
+            [("p", np.array([0, 0, 1, 0, 0, -2]))],
+            r"\(Pad\).*Pad mode 'edge' is not supported",
+        ),
+        (
+            [_n("Einsum", ["x", "w"], equation="bcl,cl->b")],
+            [("w", np.ones((4, 16), np.float32))],
+            r"\(Einsum\).*'bcl,cl->b' is supported only as a tensor times a "
+            r"constant matrix contracted over the channels",
+        ),
+        (
+            [_n("Conv", ["x", "k"], ["h"]), _n("MatMul", ["h", "w"])],
+            [
+                ("k", np.ones((3, 4, 3), np.float32)),
+                ("w", np.ones((14, 2), np.float32)),
+            ],
+            r"\(MatMul\).*multiplies along axis 2 of \(None, 3, 14\), which is not "
+            r"the channel axis",
+        ),
+        (
+            [_n("Max", ["x", "c"])],
+            [("c", np.zeros((4, 1), np.float32))],
+            r"\(Max\).*only a scalar bound in Max or Min",
+        ),
+        (
+            [_n("Einsum", ["x", "x"], equation="bcl,bdl->bcd")],
+            [],
+            r"\(Einsum\).*it multiplies two tensors computed from the model input "
+            r"\(attention\).*refuses the model",
+        ),
+        (
+            [_n("RNN", ["x", "w", "r"], hidden_size=2)],
+            [
+                ("w", np.ones((1, 2, 4), np.float32)),
+                ("r", np.ones((1, 2, 2), np.float32)),
+            ],
+            r"node 'n' \(RNN\).*RNN is a recurrent layer.*refuses the model",
+        ),
+    ],
+)
+def test_spellings_without_a_supported_meaning_are_named(tmp_path, nodes, inits, match):
+    nodes[-1].name = "n"
+    path = _save(tmp_path, nodes, inits, opset=18)
+    with pytest.raises(UnsupportedLayerError, match=match):
+        ismkernel.load_model(path)
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,error,match",
+    [
+        (
+            [_n("Slice", ["x", "s", "e", "a"])],
+            [("s", np.array([10])), ("e", np.array([5])), ("a", np.array([2]))],
+            UnsupportedLayerError,
+            r"\(Slice\).*Slice \[10:5:1\] of an axis of 16 is empty",
+        ),
+        (
+            [_n("Slice", ["x", "s", "e", "a", "t"])],
+            [
+                ("s", np.array([0])),
+                ("e", np.array([5])),
+                ("a", np.array([2])),
+                ("t", np.array([0])),
+            ],
+            ModelFileError,
+            r"\(Slice\).*has a step of 0",
+        ),
+        (
+            [_n("Slice", ["x", "s", "e", "a"])],
+            [("s", np.array([0])), ("e", np.array([5])), ("a", np.array([3]))],
+            ModelFileError,
+            r"\(Slice\).*axis 3 is out of range for a tensor of rank 3",
+        ),
+        (
+            [_n("Gather", ["x", "i"], axis=2)],
+            [("i", np.array([16]))],
+            ModelFileError,
+            r"\(Gather\).*indices \[16\] are out of range for an axis of 16",
+        ),
+        (
+            [_n("Pad", ["x", "p", "", "a"])],
+            [("p", np.array([1, 1])), ("a", np.array([1, 2]))],
+            ModelFileError,
+            r"\(Pad\).*2 pads for 2 axes; ONNX needs two per axis",
+        ),
+        (
+            [_n("Pad", ["x", "p"])],
+            [("p", np.array([-1, 0, 0, 0, 0, 0]))],
+            UnsupportedLayerError,
+            r"\(Pad\).*padding or cropping the batch axis is not supported",
+        ),
+        (
+            [_n("MatMul", ["x", "w"])],
+            [("w", np.ones((2, 16, 3), np.float32))],
+            UnsupportedLayerError,
+            r"\(MatMul\).*a second operand of shape \(2, 16, 3\): only 2-D weights",
+        ),
+        (
+            [_n("MatMul", ["w", "x"])],
+            [("w", np.ones((3, 5), np.float32))],
+            ShapeError,
+            r"\(MatMul\).*a weight of shape \(5, 3\) does not fit the tensor "
+            r"\(None, 4, 16\)",
+        ),
+    ],
+)
+def test_malformed_or_unsupported_spellings(tmp_path, nodes, inits, error, match):
+    path = _save(tmp_path, nodes, inits, opset=18)
+    with pytest.raises(error, match=match):
+        ismkernel.load_model(path)
+
+
+def test_shape_arithmetic_is_evaluated_at_import(tmp_path):
+    """A centre crop computed from the input's shape, as the TorchScript
+    exporter writes ``x[:, :, L // 2 - 3 : L // 2 + k]``."""
+    nodes = [
+        _n("Shape", ["x"], ["s"]),
+        _n("Gather", ["s", "two"], ["n"], axis=0),  # L = 16
+        _n("Div", ["n", "two"], ["half"]),  # 8
+        _n("Range", ["zero", "four", "one"], ["r"]),  # [0, 1, 2, 3]
+        _n("Gather", ["r", "three"], ["k"], axis=0),  # 3
+        _n("Neg", ["k"], ["nk"]),
+        _n("Abs", ["nk"], ["ak"]),  # 3
+        _n("Greater", ["n", "ten"], ["big"]),  # True
+        _n("Where", ["big", "k", "ten"], ["w"]),  # 3
+        _n("Expand", ["w", "shape1"], ["we"]),  # [3]
+        _n("Tile", ["we", "one1"], ["wt"]),  # [3]
+        _n("Sub", ["half", "ak"], ["lo"]),  # 5
+        _n("Unsqueeze", ["lo", "zero1"], ["start"]),
+        _n("Add", ["half", "wt"], ["end"]),  # [11]
+        _n("Mod", ["end", "hundred"], ["end2"]),  # [11]
+        _n("Max", ["end2", "one"], ["end3"]),  # [11]
+        _n("Slice", ["x", "start", "end3", "axes"]),
+    ]
+    i64 = np.int64
+    inits = [
+        ("two", np.array(2, i64)),
+        ("zero", np.array(0, i64)),
+        ("four", np.array(4, i64)),
+        ("one", np.array(1, i64)),
+        ("three", np.array(3, i64)),
+        ("ten", np.array(10, i64)),
+        ("hundred", np.array(100, i64)),
+        ("shape1", np.array([1], i64)),
+        ("one1", np.array([1], i64)),
+        ("zero1", np.array([0], i64)),
+        ("axes", np.array([2], i64)),
+    ]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    np.testing.assert_array_equal(y, x[:, :, 5:11])
+    assert _graph_ops(model) == ["Input", "Crop1D"]
+
+
+def test_gather_on_a_free_length_waits_for_the_length(tmp_path):
+    nodes = [_n("Gather", ["x", "i"], axis=2)]
+    path = _save(tmp_path, nodes, [("i", np.arange(2, 9))], in_shape=(None, 4, None))
+    model = ismkernel.load_model(path)
+    assert model.deferred_length
+    x = np.random.default_rng(0).normal(size=(2, 4, 20)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x)[0], x[:, :, 2:9])

@@ -19,6 +19,7 @@ boundary.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -38,7 +39,9 @@ from ismkernel.ir import nodes as ops
 __all__ = ["read_onnx", "SUPPORTED_OPS", "looks_like_onnx", "NeedsLength"]
 
 _CF = (1, 0)  # channels-first view of an IR (L, C) tensor
-_BIG = 2**62  # Slice ends past this mean "to the end"
+# Slice ends at or past this mean "to the end": PyTorch writes INT64_MAX,
+# other exporters INT32_MAX.
+_TO_END = 2**31 - 1
 _FLOAT_TYPES = {1: "FLOAT", 10: "FLOAT16", 11: "DOUBLE", 16: "BFLOAT16"}
 
 
@@ -252,7 +255,7 @@ class _Importer:
             return 0
         if n_spatial == 2 and v.perm in ((1, None, 0), (1, 0, None)):
             return v.perm.index(0) - 1
-        if len(v.perm) == n_spatial + 1 and v.perm[0] == 1 and 0 in v.perm:
+        if len(v.perm) == n_spatial + 1 and sorted(v.real) == [0, 1]:
             raise self.layout_error(
                 f"{what} reads its input as (batch, channels, length), but that "
                 "tensor is channels-last here"
@@ -278,6 +281,7 @@ class _Importer:
         self.read_names = {i for n in g.node for i in n.input} | {
             o.name for o in g.output
         }
+        self._check_local(live)
         for self.node_index, self.node in enumerate(g.node):
             if self.node_index in live:
                 self._check_known()  # the root cause first, before any other error
@@ -347,6 +351,35 @@ class _Importer:
         self.graph.inputs.append(inp.name)
         self.values[inp.name] = _Value(inp.name, perm)
 
+    def _check_local(self, live: set[int]) -> None:
+        """Refuse recurrence and attention by meaning, before anything else
+        about the model is reported: a recurrent op, or a product of two
+        tensors both computed from the model input (queries times keys,
+        attention weights times values), whatever op spells it."""
+        g = self.model.graph
+        # Values computed from the model input; a Shape of one is not.
+        data = {i.name for i in g.input if i.name not in self.consts}
+        for self.node_index, self.node in enumerate(g.node):
+            n = self.node
+            fed = [i for i in n.input if i in data]
+            if self.node_index in live:
+                if n.op_type in _RECURRENT:
+                    raise self.unsupported(
+                        f"{n.op_type} is a recurrent layer: each output position "
+                        "depends on the whole sequence through its state. " + _NOT_LOCAL
+                    )
+                if n.op_type in _ATTENTION or (
+                    n.op_type in _PRODUCTS and len(fed) >= 2
+                ):
+                    raise self.unsupported(
+                        "it multiplies two tensors computed from the model input "
+                        "(attention): every output position then depends on every "
+                        "input position through weights computed from the sequence. "
+                        + _NOT_LOCAL
+                    )
+            if fed and n.op_type not in ("Shape", "Size"):
+                data.update(o for o in n.output if o)
+
     def _check_known(self) -> None:
         n = self.node
         if n.domain not in ("", "ai.onnx"):
@@ -389,6 +422,17 @@ class _Importer:
         xs = [self.consts[i] if i else None for i in inputs]
         out = _FOLD[n.op_type](self, xs, _attrs(n))
         self.consts[n.output[0]] = np.asarray(out)
+
+
+_RECURRENT = ("LSTM", "GRU", "RNN", "Scan", "Loop")
+_ATTENTION = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+_PRODUCTS = ("MatMul", "Einsum", "Gemm")
+_NOT_LOCAL = (
+    "ismkernel computes neither attention nor recurrence and refuses the model "
+    "rather than approximate it; compute its ISM in its own framework (one "
+    "forward pass per mutant), or export the convolutional part before this "
+    "node as its own model"
+)
 
 
 def _live_nodes(graph) -> set[int]:
@@ -823,7 +867,7 @@ def _binary(imp: _Importer, inputs, attrs):
         const_first = a in imp.consts
         x = imp.tensor(b if const_first else a)
         c = imp.ir_const(imp.consts[a if const_first else b], x, "constant")
-        rank = len(x.perm)
+        rank = imp.ir_rank(x)
         one, zero = np.ones((1,) * rank), np.zeros((1,) * rank)
         if kind == "Add":
             scale, shift = one, c
@@ -840,21 +884,52 @@ def _binary(imp: _Importer, inputs, attrs):
             scale, shift = 1.0 / c, zero
         weights = {"scale": scale, "shift": shift}
         return imp.add(ops.ChannelAffine(axis=-1), [x], x.perm, weights)
-    xa, xb = imp.tensor(a), imp.tensor(b)
-    if len(xa.perm) != len(xb.perm):
-        raise imp.unsupported(
-            f"its inputs have different ranks ({(None,) + imp.onnx_shape(xa)} and "
-            f"{(None,) + imp.onnx_shape(xb)})"
-        )
-    if xa.perm != xb.perm:
-        # Bring the one with fewer values into the other's layout, when only
-        # size-1 axes differ (a gate of shape (C, 1) against (C, L)).
-        sa, sb = imp.onnx_shape(xa), imp.onnx_shape(xb)
-        if math.prod(d or 0 for d in sa) >= math.prod(d or 0 for d in sb):
-            xb = _align(imp, xb, xa)
+    return _merge(imp, [imp.tensor(a), imp.tensor(b)], _BINARY[kind])
+
+
+def _merge(imp: _Importer, xs: list[_Value], mode: str) -> _Value:
+    """An element-wise merge of tensors, in the layout of the largest."""
+    if len({len(v.perm) for v in xs}) != 1:
+        shapes = ", ".join(str((None,) + imp.onnx_shape(v)) for v in xs)
+        raise imp.unsupported(f"its inputs have different ranks ({shapes})")
+    sizes = [math.prod(d or 0 for d in imp.onnx_shape(v)) for v in xs]
+    like = xs[sizes.index(max(sizes))]
+    # Bring the ones with fewer values into its layout, when only size-1 axes
+    # differ (a gate of shape (C, 1) against (C, L)).
+    xs = [v if v.perm == like.perm else _align(imp, v, like) for v in xs]
+    return imp.add(ops.Merge(mode), xs, like.perm)
+
+
+@_handles("Max", "Min", "Sum", "Mean")
+def _variadic(imp: _Importer, inputs, attrs):
+    """ONNX's n-ary element-wise ops; a scalar bound in Max or Min is a clip
+    (``Max(x, 0)`` is a ReLU)."""
+    kind = imp.node.op_type
+    names = [i for i in inputs if i]
+    consts = [imp.consts[i] for i in names if i in imp.consts]
+    xs = [imp.tensor(i) for i in names if i not in imp.consts]
+    if consts:
+        if kind not in ("Max", "Min") or any(c.size != 1 for c in consts):
+            raise imp.unsupported(
+                f"{kind} of a tensor and a constant: only a scalar bound in Max or "
+                "Min is supported"
+            )
+        bound = (max if kind == "Max" else min)(float(c.reshape(-1)[0]) for c in consts)
+        x, suffix = xs[0], ""
+        if len(xs) > 1:
+            x, suffix = _merge(imp, xs, _VARIADIC[kind]), "/bound"
+        if kind == "Max" and bound == 0:
+            op = ops.Activation("relu")
         else:
-            xa = _align(imp, xa, xb)
-    return imp.add(ops.Merge(_BINARY[kind]), [xa, xb], xa.perm)
+            lo, hi = (bound, math.inf) if kind == "Max" else (-math.inf, bound)
+            op = ops.Activation("clip", threshold=lo, max_value=hi)
+        return imp.add(op, [x], x.perm, suffix=suffix)
+    if len(xs) == 1:
+        return xs[0]
+    return _merge(imp, xs, _VARIADIC[kind])
+
+
+_VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add", "Mean": "average"}
 
 
 def _align(imp: _Importer, v: _Value, like: _Value) -> _Value:
@@ -927,36 +1002,49 @@ def _slice(imp: _Importer, inputs, attrs):
     for axis, start, end, step in _slice_params(imp, inputs, attrs):
         a = int(axis) + rank + 1 if axis < 0 else int(axis)
         if a == 0:
-            if start in (0,) and end >= _BIG // 4 and step == 1:
+            if start == 0 and end >= _TO_END and step == 1:
                 continue
             raise imp.unsupported("slicing the batch axis is not supported")
-        if step != 1:
-            raise imp.unsupported(f"Slice with step {step} is not supported")
-        n = shape[a - 1]
-        if n is None and (start < 0 or 0 < end < _BIG // 4):
-            raise imp.needs_length(
-                "a Slice of an axis of unknown length needs a fixed input length"
+        if not 0 < a <= rank:
+            raise ModelFileError(
+                f"{imp.where()} in '{imp.path}': axis {axis} is out of range for "
+                f"a tensor of rank {rank + 1}"
             )
-        if n is None:
-            first, drop_end = start, (-end if end < 0 else 0)
-        else:
-            s = min(max(start + n if start < 0 else start, 0), n)
-            e = min(max(end + n if end < 0 else end, 0), n)
-            if e <= s:
-                raise imp.unsupported(
-                    f"Slice [{start}:{end}] of an axis of {n} is empty"
-                )
-            first, drop_end = s, n - e
-        if first == drop_end == 0:
-            continue
-        crops[a - 1] = (first, drop_end)
-    if not crops:
-        return x
+        crop = _slice_run(imp, shape[a - 1], int(start), int(end), int(step))
+        if crop != (0, 0):
+            crops[a - 1] = crop
     out = x
     for axis, (first, drop_end) in crops.items():
         suffix = f"/{axis}" if len(crops) > 1 else ""
         out = _cut(imp, out, axis, first, drop_end, suffix)
     return out
+
+
+def _slice_run(imp: _Importer, n: int | None, start: int, end: int, step: int):
+    """``(first, drop_end)``: the rows a Slice keeps, as a crop of an axis of
+    ``n`` rows. Ends are clamped as ONNX clamps them; any step that keeps one
+    row, or the rows in order, is the same crop."""
+    if step == 0:
+        raise ModelFileError(f"{imp.where()} in '{imp.path}' has a step of 0")
+    if n is None:
+        if step != 1:
+            raise imp.unsupported(f"Slice with step {step} is not supported")
+        if start < 0 or 0 <= end < _TO_END:
+            raise imp.needs_length(
+                "a Slice of an axis of unknown length needs a fixed input length"
+            )
+        # Only a start, or a negative end counted from the unknown end.
+        return start, (-end if end < 0 else 0)
+    # Python's slicing clamps out-of-range starts and ends as ONNX does.
+    kept = range(n)[start:end:step]
+    if len(kept) == 0:
+        raise imp.unsupported(
+            f"Slice [{start}:{end}:{step}] of an axis of {n} is empty"
+        )
+    if len(kept) > 1 and kept.step != 1:
+        raise imp.unsupported(f"Slice with step {step} is not supported")
+    first, last = min(kept), max(kept)
+    return first, n - 1 - last
 
 
 def _cut(imp: _Importer, x: _Value, axis: int, first: int, drop_end: int, suffix=""):
@@ -974,6 +1062,39 @@ def _cut(imp: _Importer, x: _Value, axis: int, first: int, drop_end: int, suffix
         f"{(None,) + imp.onnx_shape(x)}: only crops along the length axis and "
         "slices of the channels are supported"
     )
+
+
+@_handles("Gather")
+def _gather(imp: _Importer, inputs, attrs):
+    """Constant indices that pick one row, or a run of rows in order: a Slice
+    (``x[:, :, 3:7]`` written as Gather), and for a scalar index also a
+    Squeeze (``x[:, 0]``)."""
+    x = imp.tensor(inputs[0])
+    index = imp.need_const(inputs[1], "indices")
+    rank = len(x.perm)
+    axis = imp.sample_axis(int(attrs.get("axis", 0)), rank)
+    shape = imp.onnx_shape(x)
+    n = shape[axis]
+    if n is None:
+        raise imp.needs_length("Gather on an axis of unknown length")
+    rows = [int(i) + n if i < 0 else int(i) for i in index.reshape(-1)]
+    if any(not 0 <= i < n for i in rows):
+        raise ModelFileError(
+            f"{imp.where()} in '{imp.path}': indices {index.tolist()} are out of "
+            f"range for an axis of {n}"
+        )
+    if not rows or index.ndim > 1 or rows != list(range(rows[0], rows[0] + len(rows))):
+        raise imp.unsupported(
+            f"Gather of rows {index.tolist()}: only one row or a run of rows in "
+            "order is supported"
+        )
+    out = x
+    if len(rows) < n:
+        out = _cut(imp, x, axis, rows[0], n - rows[0] - len(rows))
+    if index.ndim == 0:
+        target = tuple(d for i, d in enumerate(imp.onnx_shape(out)) if i != axis)
+        out = _reshape_to(imp, out, target)
+    return out
 
 
 @_handles("Split")
@@ -1006,63 +1127,81 @@ def _split(imp: _Importer, inputs, attrs):
 
 @_handles("Pad")
 def _pad(imp: _Importer, inputs, attrs):
+    """Zero padding of the length axis; negative pads crop (gReLU's
+    ``ConstantPad1d(-n)``), on any axis and in any mode, since what a crop
+    keeps does not depend on the fill."""
     x = imp.tensor(inputs[0])
     mode = attrs.get("mode", "constant")
-    if mode != "constant":
-        raise imp.unsupported(
-            f"Pad mode '{mode}' is not supported (only constant zeros)"
-        )
     if imp.opset < 11:
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
         axes = None
     else:
-        pads = imp.need_const(inputs[1], "pads").tolist()
+        pads = imp.need_const(inputs[1], "pads").reshape(-1).tolist()
         value = (
             float(imp.need_const(inputs[2], "constant_value").reshape(-1)[0])
             if len(inputs) > 2 and inputs[2]
             else 0.0
         )
         axes = (
-            imp.need_const(inputs[3], "axes").tolist()
+            imp.need_const(inputs[3], "axes").reshape(-1).tolist()
             if len(inputs) > 3 and inputs[3]
             else None
         )
-    if value != 0.0:
-        raise imp.unsupported(f"padding with {value} is not supported (only zeros)")
     rank = len(x.perm)
     axes = (
         list(range(rank + 1))
         if axes is None
-        else [a + rank + 1 if a < 0 else a for a in axes]
+        else [int(a) + rank + 1 if a < 0 else int(a) for a in axes]
     )
     half = len(pads) // 2
-    out = x
+    if half != len(axes) or len(pads) != 2 * half:
+        raise ModelFileError(
+            f"{imp.where()} in '{imp.path}': {len(pads)} pads for {len(axes)} "
+            "axes; ONNX needs two per axis"
+        )
+    shape = imp.onnx_shape(x)
+    cuts, grows = {}, {}
     for a, left, right in zip(axes, pads[:half], pads[half:]):
+        left, right = int(left), int(right)
         if left == right == 0:
             continue
-        if a == 0 or rank != 2 or x.perm[a - 1] != 0:
-            raise imp.unsupported(
-                f"padding axis {a}: only the length axis of a (batch, channels, "
-                "length) tensor can be padded"
-            )
+        if a == 0:
+            raise imp.unsupported("padding or cropping the batch axis is not supported")
         if left < 0 or right < 0:
-            raise imp.unsupported("negative pads are not supported")
-        out = imp.add(ops.ZeroPad1D(int(left), int(right)), [out], out.perm)
+            cuts[a - 1] = (max(-left, 0), max(-right, 0))
+        if left > 0 or right > 0:
+            grows[a - 1] = (max(left, 0), max(right, 0))
+    if grows and mode != "constant":
+        raise imp.unsupported(
+            f"Pad mode '{mode}' is not supported (only constant zeros)"
+        )
+    if grows and value != 0.0:
+        raise imp.unsupported(f"padding with {value} is not supported (only zeros)")
+    out = x
+    for axis, (first, drop_end) in cuts.items():
+        n = shape[axis]
+        if n is not None and first + drop_end >= n:
+            # The crop reaches into the padding added on the other side.
+            raise imp.unsupported(
+                f"pads {pads} crop all {n} rows of axis {axis + 1} and part of "
+                "the padding"
+            )
+        out = _cut(imp, out, axis, first, drop_end, suffix=f"/crop{axis}")
+    for axis, (left, right) in grows.items():
+        if imp.ir_rank(out) != 2 or out.perm[axis] != 0:
+            raise imp.unsupported(
+                f"padding axis {axis + 1} of {(None,) + shape}: only the length "
+                "axis of a (batch, channels, length) tensor can be padded"
+            )
+        out = imp.add(ops.ZeroPad1D(left, right), [out], out.perm)
     return out
 
 
 def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
     src = imp.onnx_shape(x)
-    target = tuple(int(t) for t in target)
+    target = tuple(None if t is None else int(t) for t in target)
     if target == tuple(src):
         return x
-    if None in src:
-        raise imp.needs_length(f"reshaping {(None,) + src} needs a fixed input length")
-    if math.prod(target) != math.prod(src):
-        raise ShapeError(
-            f"{imp.where()} in '{imp.path}': cannot reshape {(None,) + src} to "
-            f"{(None,) + target}"
-        )
     ir = imp.graph.nodes[x.node].shape
     if [d for d in src if d != 1] == [d for d in target if d != 1]:
         # Only size-1 axes come and go: a new view of the same IR array.
@@ -1089,8 +1228,24 @@ def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
         return _Value(
             node.node, tuple(None if j is None else keep.index(j) for j in perm)
         )
-    if len(target) == 1 and len(ir) == 2 and x.real in ((0, 1), _CF):
-        return imp.add(ops.Flatten(channels_first=x.real == _CF), [x], (0,))
+    if None in src or None in target:
+        raise imp.needs_length(f"reshaping {(None,) + src} needs a fixed input length")
+    if math.prod(target) != math.prod(src):
+        raise ShapeError(
+            f"{imp.where()} in '{imp.path}': cannot reshape {(None,) + src} to "
+            f"{(None,) + target}"
+        )
+    big_target = [d for d in target if d != 1]
+    if len(big_target) == 1:
+        # A flatten of the whole sample, however many size-1 axes either side
+        # has: (N, C, L) -> (N, C*L), (N, 1, C*L) or (N, C*L, 1).
+        order = tuple(j for j, d in zip(x.perm, src) if j is not None and ir[j] != 1)
+        perm = tuple(0 if d != 1 else None for d in target)
+        if len(ir) == 2 and order in ((0, 1), _CF):
+            flat = ops.Flatten(channels_first=order == _CF)
+            return imp.add(flat, [x], perm)
+        if order == tuple(j for j in range(len(ir)) if ir[j] != 1):
+            return imp.add(ops.Reshape((big_target[0],)), [x], perm)
     if x.real == tuple(range(len(ir))):
         # The IR array is in ONNX order (size-1 axes aside): a row-major reshape.
         return imp.add(ops.Reshape(target), [x], tuple(range(len(target))))
@@ -1124,12 +1279,18 @@ def _reshape(imp: _Importer, inputs, attrs):
 
 @_handles("Flatten")
 def _flatten(imp: _Importer, inputs, attrs):
+    """ONNX Flatten makes ``(prod(shape[:axis]), prod(shape[axis:]))``: with
+    only size-1 axes between the batch and ``axis``, a flatten per sample."""
     x = imp.tensor(inputs[0])
-    if int(attrs.get("axis", 1)) != 1:
-        raise imp.unsupported(
-            f"Flatten with axis={attrs.get('axis')}: only axis=1 is supported"
-        )
     src = imp.onnx_shape(x)
+    rank = len(src) + 1
+    axis = int(attrs.get("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if axis == 0 or any(d != 1 for d in src[: axis - 1]):
+        raise imp.unsupported(
+            f"Flatten with axis={attrs.get('axis')} of {(None,) + src} merges the "
+            "batch axis with others"
+        )
     if None in src:
         raise imp.needs_length(f"flattening {(None,) + src} needs a fixed input length")
     return _reshape_to(imp, x, (math.prod(src),))
@@ -1216,24 +1377,88 @@ def _gemm(imp: _Importer, inputs, attrs):
 
 @_handles("MatMul")
 def _matmul(imp: _Importer, inputs, attrs):
-    if inputs[0] in imp.consts:
-        raise imp.unsupported(
-            "a constant times a tensor (weights first) is not supported"
-        )
-    x = imp.tensor(inputs[0])
-    w = imp.need_const(inputs[1], "second operand")
+    """A tensor times a constant matrix: a dense layer on the channels,
+    whichever side the matrix is on (``x @ W`` on the last axis, ``W @ x`` on
+    the second-to-last, as a 1x1 convolution of a (batch, channels, length)
+    tensor written as a product)."""
+    a, b = inputs[0], inputs[1]
+    if a in imp.consts:
+        x = imp.tensor(b)
+        w = _matrix(imp, imp.consts[a], "first operand")
+        return _dense_on(imp, x, len(x.perm) - 2, w.T)
+    x = imp.tensor(a)
+    w = _matrix(imp, imp.need_const(b, "second operand"), "second operand")
+    return _dense_on(imp, x, len(x.perm) - 1, w)
+
+
+def _matrix(imp: _Importer, w: np.ndarray, what: str) -> np.ndarray:
+    """A constant operand of a product as a 2-D matrix (leading size-1 axes,
+    which only broadcast over the batch, dropped)."""
+    while w.ndim > 2 and w.shape[0] == 1:
+        w = w[0]
     if w.ndim != 2:
         raise imp.unsupported(
-            f"a weight of shape {w.shape}: only 2-D weights are supported"
+            f"a {what} of shape {w.shape}: only 2-D weights are supported"
         )
-    if x.perm[-1] != imp.ir_rank(x) - 1:
+    return w
+
+
+def _dense_on(imp: _Importer, x: _Value, axis: int, kernel: np.ndarray) -> _Value:
+    """``x`` contracted on its ONNX per-sample ``axis`` with ``kernel`` of
+    shape ``(n_in, units)``; the result has ``units`` in place of that axis."""
+    shape = imp.onnx_shape(x)
+    if axis < 0 or shape[axis] != kernel.shape[0]:
+        raise ShapeError(
+            f"{imp.where()} in '{imp.path}': a weight of shape {kernel.shape} does "
+            f"not fit the tensor {(None,) + shape}"
+        )
+    if x.perm[axis] != imp.ir_rank(x) - 1:
         raise imp.layout_error(
-            "it multiplies along the length axis of a sequence tensor; only the "
-            "channel (last IR) axis is supported"
+            f"it multiplies along axis {axis + 1} of {(None,) + shape}, which is "
+            "not the channel axis; only products over the channels are supported"
         )
-    return imp.add(
-        ops.Dense(units=int(w.shape[1]), use_bias=False), [x], x.perm, {"kernel": w}
+    op = ops.Dense(units=int(kernel.shape[1]), use_bias=False)
+    return imp.add(op, [x], x.perm, {"kernel": kernel})
+
+
+@_handles("Einsum")
+def _einsum(imp: _Importer, inputs, attrs):
+    """An Einsum of a tensor with a constant matrix that contracts one axis
+    with it (``"bcl,oc->bol"``, ``"bld,de->ble"``): a dense layer on the
+    channels, with the output's axes in any order."""
+    equation = str(attrs.get("equation", "")).replace(" ", "")
+    terms, _, out = equation.partition("->")
+    terms = terms.split(",")
+    consts = [i for i in inputs if i in imp.consts]
+    refusal = imp.unsupported(
+        f"Einsum '{equation}' is supported only as a tensor times a constant "
+        "matrix contracted over the channels"
     )
+    if len(terms) != 2 or len(consts) != 1 or not out or "." in equation:
+        raise refusal
+    k = 0 if inputs[0] in imp.consts else 1
+    w_term, x_term = terms[k], terms[1 - k]
+    w = imp.consts[inputs[k]]
+    x = imp.tensor(inputs[1 - k])
+    shared = [c for c in w_term if c in x_term]
+    if (
+        w.ndim != 2
+        or len(w_term) != 2
+        or len(shared) != 1
+        or shared[0] in out
+        or len(set(x_term)) != len(x_term)
+        or len(x_term) != len(x.perm) + 1
+    ):
+        raise refusal
+    c = shared[0]
+    o = w_term.replace(c, "")
+    if sorted(out) != sorted(x_term.replace(c, o)) or out[0] != x_term[0]:
+        raise refusal
+    kernel = w if w_term == c + o else w.T
+    y = _dense_on(imp, x, x_term.index(c) - 1, kernel)
+    # The result in the order of x_term (c replaced by o), then as `out` says.
+    y_term = x_term.replace(c, o)
+    return _Value(y.node, tuple(y.perm[y_term.index(ch) - 1] for ch in out[1:]))
 
 
 @_handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceLogSumExp")
@@ -1469,9 +1694,67 @@ def _fold_binary(imp, xs, attrs):
     ](a, b)
 
 
-@_folds("Neg", "Sqrt")
-def _fold_unary(imp, xs, attrs):
-    return {"Neg": np.negative, "Sqrt": np.sqrt}[imp.node.op_type](xs[0])
+# Shape arithmetic the TorchScript exporter writes around sizes it reads
+# with Shape (centre crops, positional features), evaluated as ONNX defines it.
+_ELEMENTWISE_FOLDS = {
+    "Neg": np.negative,
+    "Sqrt": np.sqrt,
+    "Abs": np.abs,
+    "Sign": np.sign,
+    "Floor": np.floor,
+    "Ceil": np.ceil,
+    "Exp": np.exp,
+    "Log": np.log,
+    "Not": np.logical_not,
+    "Equal": np.equal,
+    "Less": np.less,
+    "Greater": np.greater,
+    "Max": np.maximum,
+    "Min": np.minimum,
+    "Where": np.where,
+}
+
+
+@_folds(*_ELEMENTWISE_FOLDS)
+def _fold_elementwise(imp, xs, attrs):
+    fn = _ELEMENTWISE_FOLDS[imp.node.op_type]
+    if imp.node.op_type in ("Max", "Min"):
+        return functools.reduce(fn, xs)
+    return fn(*xs)
+
+
+@_folds("Mod")
+def _fold_mod(imp, xs, attrs):
+    if attrs.get("fmod", 0):
+        return np.fmod(xs[0], xs[1])
+    return np.mod(xs[0], xs[1])
+
+
+@_folds("Range")
+def _fold_range(imp, xs, attrs):
+    start, limit, delta = (x.reshape(()) for x in xs)
+    return np.arange(start, limit, delta, dtype=np.result_type(start, limit, delta))
+
+
+@_folds("Expand")
+def _fold_expand(imp, xs, attrs):
+    shape = np.broadcast_shapes(xs[0].shape, tuple(int(d) for d in xs[1]))
+    return np.broadcast_to(xs[0], shape).copy()
+
+
+@_folds("Tile")
+def _fold_tile(imp, xs, attrs):
+    return np.tile(xs[0], [int(r) for r in xs[1]])
+
+
+@_folds("MatMul")
+def _fold_matmul(imp, xs, attrs):
+    return np.matmul(xs[0], xs[1])
+
+
+@_folds("Einsum")
+def _fold_einsum(imp, xs, attrs):
+    return np.einsum(str(attrs["equation"]), *xs)
 
 
 @_folds("Pow")
