@@ -312,10 +312,10 @@ def conv_col2im(chunk, name, node, p, start, st, delta, own, info):
     chunk.k.col2im_ref(
         out,
         chunk.refs[name],
-        chunk.seq,
-        start,
+        chunk.di(chunk.seq),
+        chunk.di(start),
         taps,
-        st.start,
+        chunk.di(st.start),
         info["left"],
         op.stride,
         op.dilation,
@@ -346,6 +346,7 @@ class _Chunk:
         self.alts = dev.asarray(np.asarray(self.plan.alternatives, dtype=prep.dtype))
         self.seconds = seconds
         self.states: dict[str, _State] = {}
+        self._uploaded: dict[int, tuple] = {}
         self._handlers = {
             "row": self._row,
             "lookup": self._conv,
@@ -366,13 +367,26 @@ class _Chunk:
         }
 
     # -- helpers ----------------------------------------------------------
+    def di(self, a):
+        """Host index array ``a`` on the device: uploaded once per chunk (the
+        walker's own index logic stays on the host, so it never waits for the
+        device); itself on a host device."""
+        if self.xp is np or a is None:
+            return a
+        hit = self._uploaded.get(id(a))
+        if hit is None or hit[0] is not a:
+            hit = self._uploaded[id(a)] = (a, self.dev.asarray(a))
+        return hit[1]
+
     def buf(self, *shape):
         return self.pool.get(shape, self.prep.dtype)
 
     def _change(self, name: str, st: _State):
         """Mutant minus reference on the tile's window of node ``name`` (pooled)."""
         out = self.buf(*st.tile.shape)
-        return self.k.change(st.tile, st.start, self.refs[name], self.seq, out=out)
+        return self.k.change(
+            st.tile, self.di(st.start), self.refs[name], self.di(self.seq), out=out
+        )
 
     def _drop_gathered(self, x, st: _State | None) -> None:
         """Return ``x`` to the pool unless it is ``st``'s own tile."""
@@ -392,26 +406,24 @@ class _Chunk:
             if state.tile.shape[1] == width and np.array_equal(state.start, start):
                 return state.tile
         out = self.buf(len(self.seq), width, ref.shape[2])
+        seq, start = self.di(self.seq), self.di(start)
         if state is not None and state.tile is None and state.change is not None:
             # kept as its change (only fused readers are planned to read it)
-            values = self.k.gather(
-                None, None, ref, self.seq, state.start, state.change.shape[1]
-            )
+            t0 = self.di(state.start)
+            values = self.k.gather(None, None, ref, seq, t0, state.change.shape[1])
             values += state.change
-            return self.k.gather(
-                values, state.start, ref, self.seq, start, width, out=out
-            )
+            return self.k.gather(values, t0, ref, seq, start, width, out=out)
         if state is None or state.tile is None:
-            return self.k.gather(None, None, ref, self.seq, start, width, out=out)
+            return self.k.gather(None, None, ref, seq, start, width, out=out)
         return self.k.gather(
-            state.tile, state.start, ref, self.seq, start, width, out=out
+            state.tile, self.di(state.start), ref, seq, start, width, out=out
         )
 
     def _full(self, name: str):
         """All values of node ``name`` for every mutant."""
         p = self.plan.nodes[name]
         if p.kind == "const":
-            return self.refs[name][self.seq]
+            return self.refs[name][self.di(self.seq)]
         st = self.states[name]
         if p.kind == "full":
             return st.value
@@ -444,7 +456,12 @@ class _Chunk:
                 same = self.dev.to_host(
                     self.k.all_zero(st.change)
                     if st.tile is None
-                    else self.k.unchanged(st.tile, st.start, self.refs[name], self.seq)
+                    else self.k.unchanged(
+                        st.tile,
+                        self.di(st.start),
+                        self.refs[name],
+                        self.di(self.seq),
+                    )
                 )
                 if same.any():
                     keep = ~same
@@ -453,7 +470,9 @@ class _Chunk:
                     for k, out_name in enumerate(outputs):
                         if out_name not in written:
                             on_output(
-                                k, rows[same], self.refs[out_name][self.seq[same]]
+                                k,
+                                rows[same],
+                                self.refs[out_name][self.di(self.seq[same])],
                             )
                     rows = rows[keep]
                     self.seq, self.pos_idx, self.alt_idx = (
@@ -507,9 +526,9 @@ class _Chunk:
 
     def _row(self, name, node, p, start) -> _State:
         positions = self.plan.positions[self.pos_idx]
-        tile = self.x_seq[self.seq, start][:, None, :].copy()
-        hit = start == positions
-        tile[hit, 0] = self.alts[self.alt_idx[hit]]
+        tile = self.x_seq[self.di(self.seq), self.di(start)][:, None, :].copy()
+        hit = np.flatnonzero(start == positions)
+        tile[self.di(hit), 0] = self.alts[self.di(self.alt_idx[hit])]
         return _State(tile=tile, start=start)
 
     def _virtual(self, name, node, p, start) -> _State:
@@ -523,10 +542,10 @@ class _Chunk:
         left, _, _ = pool_padding(in_len, op.pool_size, op.stride, op.padding)
         out = self.k.pool_window(
             st.tile,
-            st.start,
+            self.di(st.start),
             self.refs[src],
-            self.seq,
-            start,
+            self.di(self.seq),
+            self.di(start),
             p.width,
             op.pool_size,
             op.stride,
@@ -608,7 +627,7 @@ class _Chunk:
             self._window_of(self.states.get(src), src, first, n_in), p.factor, axis=1
         )
         idx = (start - first * p.factor)[:, None] + np.arange(p.width)[None, :]
-        tile = xp.take_along_axis(x, self.dev.asarray(idx[:, :, None]), axis=1)
+        tile = xp.take_along_axis(x, self.di(idx[:, :, None]), axis=1)
         return _State(tile=tile, start=start)
 
     def _shared(self, src: str, tile) -> bool:
@@ -641,10 +660,10 @@ class _Chunk:
             has_tile = ot is not None
             self.k.gather(
                 ot.tile if has_tile else None,
-                ot.start if has_tile else None,
+                self.di(ot.start) if has_tile else None,
                 self.refs[other],
-                self.seq,
-                start,
+                self.di(self.seq),
+                self.di(start),
                 width,
                 out=st.tile,
                 add=True,
@@ -668,19 +687,19 @@ class _Chunk:
             positions = self.plan.positions[self.pos_idx]
             pair = self.seq * len(self.plan.positions) + self.pos_idx
             _, first, inv = np.unique(pair, return_index=True, return_inverse=True)
-            x_rows = self.x_seq[self.seq[first], positions[first]]
+            x_rows = self.x_seq[self.di(self.seq[first]), self.di(positions[first])]
             ref_taps = self.dev.gemm(x_rows, info["mats"][0]).reshape(
                 len(first), op.kernel_size, op.n_filters
             )
             out = self.k.lookup_add(
                 self.refs[name],
-                self.seq,
+                self.di(self.seq),
                 info["alt_taps"],
-                self.alt_idx,
+                self.di(self.alt_idx),
                 ref_taps,
-                inv.astype(np.int64),
-                positions,
-                start,
+                self.di(inv.astype(np.int64)),
+                self.di(positions),
+                self.di(start),
                 p.width,
                 info["left"],
                 op.stride,
@@ -721,11 +740,11 @@ class _Chunk:
             other = ep.residual
             xs = self.states.get(other)
             if xs is None:
-                residual = (None, start, self.refs[other], False)
+                residual = (None, self.di(start), self.refs[other], False)
             elif xs.tile is None:  # kept as its change
-                residual = (xs.change, xs.start, self.refs[other], True)
+                residual = (xs.change, self.di(xs.start), self.refs[other], True)
             else:
-                residual = (xs.tile, xs.start, self.refs[other], False)
+                residual = (xs.tile, self.di(xs.start), self.refs[other], False)
         if ep.emit_change:
             change = out if not ep.keep_values else self.buf(*out.shape)
             if ep.row_sums:
@@ -747,14 +766,13 @@ class _Chunk:
         change = self._change(src, st)
         delta = change.reshape(len(self.seq), sp.width * ch)
         rows = self.prep.dense_rows[name]
-        out = self.refs[name][self.seq].copy()
+        out = self.refs[name][self.di(self.seq)].copy()
         order = np.argsort(starts, kind="stable")
         bounds = np.flatnonzero(np.diff(starts[order])) + 1
         for group in np.split(order, bounds):
             s = int(starts[group[0]])
-            out[group] += self.dev.gemm(
-                delta[group], rows[s * ch : (s + sp.width) * ch]
-            )
+            g = self.di(group)
+            out[g] += self.dev.gemm(delta[g], rows[s * ch : (s + sp.width) * ch])
         self.pool.put(change)
         return _State(value=out)
 
@@ -767,10 +785,12 @@ class _Chunk:
         elif st.tile is None:  # kept as its change
             change = self.k.sum_rows(st.change)
         else:
-            change = self.k.change_sum(st.tile, st.start, self.refs[src], self.seq)
+            change = self.k.change_sum(
+                st.tile, self.di(st.start), self.refs[src], self.di(self.seq)
+            )
         if p.strategy == "global-avg":
             change /= change.dtype.type(length)
-        out = self.refs[name][self.seq].reshape(len(self.seq), -1) + change
+        out = self.refs[name][self.di(self.seq)].reshape(len(self.seq), -1) + change
         return _State(value=out.reshape((len(self.seq),) + self.plan.shapes[name]))
 
     def _global_max(self, name, node, p, start) -> _State:
@@ -779,8 +799,11 @@ class _Chunk:
         sp = self.plan.nodes[src]
         st = self.states[src]
         pre, suf = self.extras[name]
+        seq = self.di(self.seq)
         out = xp.maximum(
-            xp.maximum(pre[self.seq, st.start], suf[self.seq, st.start + sp.width]),
+            xp.maximum(
+                pre[seq, self.di(st.start)], suf[seq, self.di(st.start + sp.width)]
+            ),
             st.tile.max(axis=1),
         )
         return _State(value=out.reshape((len(self.seq),) + self.plan.shapes[name]))
