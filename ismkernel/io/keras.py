@@ -22,7 +22,12 @@ from ismkernel.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
-from ismkernel.io.keras_layers import HANDLERS, IDENTITY_LAYERS, supported_layers
+from ismkernel.io.keras_layers import (
+    HANDLERS,
+    IDENTITY_LAYERS,
+    KERAS_LAYER_CLASSES,
+    supported_layers,
+)
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
 
@@ -465,7 +470,10 @@ class _Builder:
 
     def _check_supported(self, layer: dict, scope: _Scope) -> None:
         cls = layer.get("class_name")
-        if cls in MODEL_CLASSES or cls in IDENTITY_LAYERS or cls in HANDLERS:
+        shipped = _ships_with_keras(layer)
+        if cls in MODEL_CLASSES or (
+            shipped and (cls in IDENTITY_LAYERS or cls in HANDLERS)
+        ):
             return
         where = f"layer '{'/'.join(scope.wpath + (_layer_name(layer),))}' ({cls})"
         if cls == "Lambda":
@@ -479,9 +487,22 @@ class _Builder:
                 "does not support; use the equivalent Keras layer (e.g. Add, "
                 f"Multiply, Cropping1D). Supported: {', '.join(supported_layers())}"
             )
+        supported = ", ".join(supported_layers())
+        if shipped:
+            raise UnsupportedLayerError(
+                f"{where} is not a supported layer: ismkernel does not read this "
+                f"Keras layer class; supported: {supported}"
+            )
         raise UnsupportedLayerError(
-            f"{where} is not a supported layer (custom or unknown class); "
-            f"supported: {', '.join(supported_layers())}"
+            f"{where} is not a supported layer: it is a custom layer, and custom "
+            "layers carry Python code, which ismkernel will not run. Export the "
+            "model to ONNX where that code is importable and pass ismkernel the "
+            ".onnx file instead: Keras 3, model.export('model.onnx', "
+            "format='onnx'); Keras 2, pip install tf2onnx, then "
+            "tf2onnx.convert.from_keras(keras.models.load_model('model.h5', "
+            "custom_objects={...}), output_path='model.onnx'); PyTorch, "
+            "torch.onnx.export(model, (x,), 'model.onnx'). Keras layers "
+            f"supported: {supported}"
         )
 
     def _call(
@@ -514,6 +535,24 @@ class _Builder:
             keras_major=self.keras_major,
         )
         return handler(call, xs)
+
+
+def _ships_with_keras(layer: dict) -> bool:
+    """Whether a layer's class is one of Keras's own, not a custom one (which
+    may even share a Keras class's name).
+
+    Keras 3 records the defining module (``keras.layers`` for its own
+    classes, ``None`` or the user's module for custom ones) and registers
+    custom classes as ``package>Name``; Keras 2 records only the class name.
+    """
+    cls = str(layer.get("class_name"))
+    registered = layer.get("registered_name")
+    if ">" in cls or (registered is not None and ">" in str(registered)):
+        return False
+    if "module" in layer:
+        module = str(layer.get("module"))
+        return module.split(".")[0] in ("keras", "tf_keras", "tensorflow")
+    return cls in KERAS_LAYER_CLASSES or cls in HANDLERS or cls in IDENTITY_LAYERS
 
 
 def build_graph(config: dict, source: WeightSource, keras_major: int) -> Graph:

@@ -20,7 +20,13 @@ from ismkernel.ir import nodes as ops
 if TYPE_CHECKING:
     from ismkernel.io.keras import LayerCall
 
-__all__ = ["HANDLERS", "IDENTITY_LAYERS", "supported_layers", "parse_activation"]
+__all__ = [
+    "HANDLERS",
+    "IDENTITY_LAYERS",
+    "KERAS_LAYER_CLASSES",
+    "supported_layers",
+    "parse_activation",
+]
 
 Handler = Callable[["LayerCall", list[str]], list[str]]
 HANDLERS: dict[str, Handler] = {}
@@ -36,6 +42,40 @@ IDENTITY_LAYERS = frozenset(
         "ActivityRegularization",
         "Identity",
     }
+)
+
+
+#: Layer classes Keras itself ships (Keras 2 and 3), supported or not: any
+#: other class name in a config is a custom layer, defined by the model's own
+#: Python code. Keras 2's HDF5 configs do not say which module a class comes
+#: from, so the name is all there is to go by.
+KERAS_LAYER_CLASSES = frozenset(
+    """
+    Activation ActivityRegularization Add AdditiveAttention AlphaDropout
+    Attention Average AveragePooling1D AveragePooling2D AveragePooling3D
+    AvgPool1D AvgPool2D AvgPool3D BatchNormalization Bidirectional
+    CategoryEncoding CenterCrop Concatenate Conv1D Conv1DTranspose Conv2D
+    Conv2DTranspose Conv3D Conv3DTranspose ConvLSTM1D ConvLSTM2D ConvLSTM3D
+    Convolution1D Convolution2D Convolution3D Cropping1D Cropping2D Cropping3D
+    CuDNNGRU CuDNNLSTM Dense DenseFeatures DepthwiseConv1D DepthwiseConv2D
+    Discretization Dot Dropout EinsumDense ELU Embedding Flatten GaussianDropout
+    GaussianNoise GlobalAveragePooling1D GlobalAveragePooling2D
+    GlobalAveragePooling3D GlobalAvgPool1D GlobalAvgPool2D GlobalAvgPool3D
+    GlobalMaxPool1D GlobalMaxPool2D GlobalMaxPool3D GlobalMaxPooling1D
+    GlobalMaxPooling2D GlobalMaxPooling3D GroupNormalization
+    GroupQueryAttention GRU GRUCell Hashing Identity InputLayer
+    IntegerLookup Lambda LayerNormalization LeakyReLU LocallyConnected1D
+    LocallyConnected2D LSTM LSTMCell Masking Maximum MaxPool1D MaxPool2D
+    MaxPool3D MaxPooling1D MaxPooling2D MaxPooling3D Minimum MultiHeadAttention
+    Multiply Normalization Permute PReLU RandomContrast RandomCrop RandomFlip
+    RandomRotation RandomTranslation RandomZoom ReLU RepeatVector Rescaling
+    Reshape Resizing RNN SeparableConv1D SeparableConv2D SeparableConvolution1D
+    SeparableConvolution2D SimpleRNN SimpleRNNCell Softmax SpatialDropout1D
+    SpatialDropout2D SpatialDropout3D SpectralNormalization StackedRNNCells
+    StringLookup Subtract TextVectorization TFOpLambda SlicingOpLambda
+    ThresholdedReLU TimeDistributed UnitNormalization UpSampling1D UpSampling2D
+    UpSampling3D Wrapper ZeroPadding1D ZeroPadding2D ZeroPadding3D
+    """.split()
 )
 
 
