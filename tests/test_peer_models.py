@@ -1,5 +1,7 @@
 """The peers' own model classes (bpnet-lite, gReLU), exported to ONNX by both
-of PyTorch's exporters, against PyTorch's own outputs.
+of PyTorch's exporters, against PyTorch's own outputs; and Keras models with
+custom layers, refused as Keras files and read through the ONNX exports the
+refusal recommends, against Keras's own outputs.
 
 Built by ``fixtures/make_peer_fixtures.py``. Predictions must match PyTorch to
 rtol 1e-5 with atol 4e-6 of the output's largest magnitude (float32 rounding
@@ -58,9 +60,11 @@ def test_every_class_is_there_with_both_exporters():
         "DilatedConvModel",
         "ConvMLPModel",
     } <= classes
-    for model in {v["model"] for v in MANIFEST.values()}:
+    for model in {v["model"] for v in MANIFEST.values() if "torch" in v["framework"]}:
         exporters = {v["exporter"] for v in MANIFEST.values() if v["model"] == model}
         assert exporters == {"dynamo", "torchscript"}, model
+    exporters = {v["exporter"].split()[0] for v in MANIFEST.values()}
+    assert {"tf2onnx", "keras"} <= exporters
     assert MANIFEST["bpnet.onnx"]["length"] == 2114
 
 
@@ -151,3 +155,18 @@ def test_attention_and_recurrence_are_refused_by_name(name, exporter, capsys):
     err = capsys.readouterr().err
     assert "UnsupportedLayerError" in err and f"({op})" in err
     assert "refuses the model" in err
+
+
+def test_custom_keras_layers_are_read_through_the_recommended_export():
+    """The Keras 2 file with MMSplice-style custom layers is refused by the
+    custom layer's name; the file ``tf2onnx.convert.from_keras`` made of it,
+    as the refusal recommends, is read (its outputs are checked above)."""
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"layer 'scale' \(ScaleByTwo\) is not a supported layer: it is a "
+        r"custom layer.*tf2onnx\.convert\.from_keras",
+    ):
+        ismkernel.load_model(PEERS / "keras2_custom_layers.h5")
+    model = ismkernel.load_model(PEERS / "keras2_custom_layers.onnx")
+    assert model.input_perms[0] == (0, 1)  # Keras's (N, L, 4)
+    assert "Conv1D" in _op_names(model)
