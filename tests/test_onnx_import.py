@@ -820,3 +820,70 @@ def test_gather_on_a_free_length_waits_for_the_length(tmp_path):
     assert model.deferred_length
     x = np.random.default_rng(0).normal(size=(2, 4, 20)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x)[0], x[:, :, 2:9])
+
+
+def test_tiles_are_concatenations(tmp_path):
+    nodes = [_n("Tile", ["x", "r"])]
+    model, x, y = _run_spelling(tmp_path, nodes, [("r", np.array([1, 2, 3]))])
+    np.testing.assert_array_equal(y, np.tile(x, (1, 2, 3)))
+    assert _graph_ops(model) == ["Input", "Concatenate", "Concatenate"]
+    ref = ismkernel.ism(model, x, backend="reference", alternatives=ALTS)
+    cpu = ismkernel.ism(model, x, backend="cpu", alternatives=ALTS)
+    assert_same_ism(ref, cpu, "tiles")
+
+
+@pytest.mark.parametrize("unsqueeze", [[2], [1]])
+def test_a_vector_read_as_a_sequence(tmp_path, unsqueeze):
+    """(N, C*L) with a size-1 axis after it is a sequence of length 1, before
+    it a sequence of one channel: a convolution can read either."""
+    w = np.random.default_rng(5).normal(size=(3, 64 if unsqueeze == [2] else 1, 1))
+    nodes = [
+        _n("Flatten", ["x"], ["f"]),
+        _n("Unsqueeze", ["f", "u"], ["s"]),
+        _n("Conv", ["s", "w"], kernel_shape=[1]),
+    ]
+    inits = [("u", np.array(unsqueeze)), ("w", w.astype(np.float32))]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    s = np.expand_dims(x.reshape(3, 64), unsqueeze[0])
+    np.testing.assert_allclose(y, _conv_loop(s, w, 0, 0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,error,match",
+    [
+        (
+            [_n("Tile", ["x", "r"])],
+            [("r", np.array([2, 1, 1]))],
+            UnsupportedLayerError,
+            r"\(Tile\).*repeating the batch axis is not supported",
+        ),
+        (
+            [_n("Tile", ["x", "r"])],
+            [("r", np.array([1, 2]))],
+            ModelFileError,
+            r"\(Tile\).*2 repeats for a tensor of rank 3",
+        ),
+        (
+            [_n("Unsqueeze", ["x", "u"], ["x4"]), _n("Tile", ["x4", "r"])],
+            [("u", np.array([2])), ("r", np.array([1, 1, 3, 1]))],
+            UnsupportedLayerError,
+            r"\(Tile\).*repeating axis 2 of \(None, 4, 1, 16\), which the IR lacks",
+        ),
+        (
+            [_n("Expand", ["x", "s"])],
+            [("s", np.array([2, 1, 4, 16]))],
+            UnsupportedLayerError,
+            r"\(Expand\).*adds axes before the batch",
+        ),
+        (
+            [_n("Expand", ["x", "s"])],
+            [("s", np.array([1, 3, 16]))],
+            ShapeError,
+            r"\(Expand\).*cannot expand \(None, 4, 16\) to \[1, 3, 16\]",
+        ),
+    ],
+)
+def test_repeats_that_are_not_concatenations(tmp_path, nodes, inits, error, match):
+    path = _save(tmp_path, nodes, inits, opset=18)
+    with pytest.raises(error, match=match):
+        ismkernel.load_model(path)

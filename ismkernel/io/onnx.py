@@ -15,6 +15,19 @@ layout where the 4-row axis holds channels first, then the other, and keeps the
 first under which every node fits. The model then takes and returns arrays in
 the ONNX (PyTorch) layout; :class:`~ismkernel.model.Model` transposes at the
 boundary.
+
+Spellings. Exporters write one operation many ways; handlers recognise what a
+node computes, not how it is written. A crop is a Slice (negative, clamped or
+INT32/INT64_MAX ends, any step that keeps rows in order), a Pad with negative
+pads (in any mode), or a Gather of a run of rows; a flatten is Flatten (any
+axis with only size-1 axes before it), or a Reshape to one axis of size > 1
+beside any number of size-1 axes, after a Transpose or not; a dense layer is
+Gemm, MatMul with the matrix on either side, or an Einsum contracting the
+channels with a constant matrix; Max/Min with a scalar are clips, Expand and
+Tile are concatenations of copies; a vector with a size-1 axis is a sequence
+of length 1 or of one channel. Attention and recurrence are recognised by what
+they compute, a product of two tensors both computed from the model input or
+a recurrent op, and refused before anything else is reported.
 """
 
 from __future__ import annotations
@@ -242,6 +255,23 @@ class _Importer:
                 f"a tensor of rank {rank + 1}"
             )
         return a - 1
+
+    def as_sequence(self, v: _Value) -> _Value:
+        """``v`` as an IR ``(L, C)`` sequence when it is a vector the ONNX
+        shape reads as one of length 1, ``(N, C, 1)`` (a flatten into the
+        channels, as grouped per-unit linear layers are written), or of one
+        channel, ``(N, 1, L)``."""
+        shape = self.graph.nodes[v.node].shape
+        if len(shape) != 1 or v.perm.count(None) != len(v.perm) - 1:
+            return v
+        n = shape[0]
+        if v.perm[0] == 0:  # (C, 1, ...): length 1
+            node = self.add(ops.Reshape((1, n)), [v], (), suffix="/sequence")
+            return _Value(node.node, (1, 0) + (None,) * (len(v.perm) - 2))
+        node = self.add(ops.Reshape((n, 1)), [v], (), suffix="/sequence")
+        return _Value(
+            node.node, (1,) + tuple(0 if j == 0 else None for j in v.perm[1:])
+        )
 
     def need_sequence(self, v: _Value, what: str, n_spatial: int = 1) -> int:
         """Check that ``v`` is a channels-first sequence for an op with
@@ -561,6 +591,7 @@ def _conv(imp: _Importer, inputs, attrs):
             "kernel of 1 on a size-1 axis) is supported"
         )
     n = w.ndim - 2
+    x = imp.as_sequence(x)
     axis = imp.need_sequence(x, "Conv", n)
     if n == 2:
         if w.shape[2 + 1 - axis] != 1:
@@ -601,6 +632,7 @@ def _pool(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
     is_max = imp.node.op_type == "MaxPool"
     n = len(attrs.get("kernel_shape", [1]))
+    x = imp.as_sequence(x)
     axis = imp.need_sequence(x, imp.node.op_type, n)
     size = _single(imp, attrs, "kernel_shape", 1, n, axis)
     stride = _single(imp, attrs, "strides", 1, n, axis)
@@ -1097,6 +1129,54 @@ def _gather(imp: _Importer, inputs, attrs):
     return out
 
 
+@_handles("Expand", "Tile")
+def _repeat(imp: _Importer, inputs, attrs):
+    """Copies of a tensor side by side (``x.repeat(1, k, 1)``, ``expand`` of
+    a size-1 axis): a concatenation of the copies along that axis."""
+    x = imp.tensor(inputs[0])
+    arg = [int(d) for d in imp.need_const(inputs[1], "shape or repeats").reshape(-1)]
+    src = imp.onnx_shape(x)
+    rank = len(src)
+    if imp.node.op_type == "Tile":
+        if len(arg) != rank + 1:
+            raise ModelFileError(
+                f"{imp.where()} in '{imp.path}': {len(arg)} repeats for a tensor "
+                f"of rank {rank + 1}"
+            )
+        batch, counts = arg[0], arg[1:]
+    else:
+        if len(arg) > rank + 1:
+            raise imp.unsupported(
+                f"expanding {(None,) + src} to {arg} adds axes before the batch"
+            )
+        arg = [1] * (rank + 1 - len(arg)) + arg
+        batch = arg[0]
+        counts = []
+        for d, t in zip(src, arg[1:]):
+            if d != 1 and t not in (1, d):
+                raise ShapeError(
+                    f"{imp.where()} in '{imp.path}': cannot expand "
+                    f"{(None,) + src} to {arg}"
+                )
+            counts.append(t if d == 1 else 1)
+    if batch not in (1, -1):
+        raise imp.unsupported("repeating the batch axis is not supported")
+    out = x
+    for axis, count in enumerate(counts):
+        if count == 1:
+            continue
+        j = out.perm[axis]
+        if j is None:
+            raise imp.unsupported(
+                f"repeating axis {axis + 1} of {(None,) + src}, which the IR lacks; "
+                "only axes of the sequence or the channels can be repeated"
+            )
+        suffix = f"/{axis}" if sum(c != 1 for c in counts) > 1 else ""
+        op = ops.Concatenate(axis=j)
+        out = imp.add(op, [out] * count, out.perm, suffix=suffix)
+    return out
+
+
 @_handles("Split")
 def _split(imp: _Importer, inputs, attrs):
     x = imp.tensor(inputs[0])
@@ -1552,7 +1632,7 @@ def _reduce_stack(imp: _Importer, stack: _Stack, inputs, attrs):
 
 @_handles("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(imp: _Importer, inputs, attrs):
-    x = imp.tensor(inputs[0])
+    x = imp.as_sequence(imp.tensor(inputs[0]))
     imp.need_sequence(x, imp.node.op_type, max(1, len(x.perm) - 1))
     mode = "max" if imp.node.op_type == "GlobalMaxPool" else "average"
     return imp.add(ops.GlobalPool1D(mode, axis=0, keepdims=True), [x], x.perm)
