@@ -887,3 +887,19 @@ def test_repeats_that_are_not_concatenations(tmp_path, nodes, inits, error, matc
     path = _save(tmp_path, nodes, inits, opset=18)
     with pytest.raises(error, match=match):
         ismkernel.load_model(path)
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+def test_reductions_over_a_vector_with_size_1_axes(tmp_path, op):
+    """(N, 1, F) reduced over F, as a LayerNorm of gReLU's MLP head is
+    written out before opset 17: mean, then the centred vector."""
+    nodes = [
+        _n("Reshape", ["x", "s"], ["v"]),
+        _n(op, ["v", "a"], ["m"], keepdims=1),
+        _n("Sub", ["v", "m"], ["y"]),
+    ]
+    inits = [("s", np.array([0, 1, -1])), ("a", np.array([-1]))]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    v = x.reshape(3, 1, 64)
+    fn = np.mean if op == "ReduceMean" else np.max
+    np.testing.assert_allclose(y, v - fn(v, axis=-1, keepdims=True), atol=1e-6)

@@ -1562,15 +1562,21 @@ def _reduce(imp: _Importer, inputs, attrs):
         "ReduceLogSumExp": "logsumexp",
     }[imp.node.op_type]
     shape = imp.onnx_shape(x)
-    if rank == 1 and per == [0] and len(x.real) == 1 and shape[0] != 1:
-        # Over the features of a (batch, features) tensor: as the length of a
-        # one-channel sequence.
-        n = shape[0]
-        column = imp.add(ops.Reshape((n, 1)), [x], (), suffix="/column")
-        op = ops.GlobalPool1D(mode, axis=0, keepdims=False)
-        return imp.add(op, [column], (0,) if keep else ())
     # Reducing an axis of size 1 changes no value.
     real = [i for i in per if shape[i] != 1]
+    if len(x.real) == 1 and real and x.perm[real[0]] is not None:
+        # Over the features of a vector, (batch, features) with any size-1
+        # axes (a LayerNorm of gReLU's MLP head written out): as the length of
+        # a one-channel sequence.
+        n = shape[real[0]]
+        column = imp.add(ops.Reshape((n, 1)), [x], (), suffix="/column")
+        op = ops.GlobalPool1D(mode, axis=0, keepdims=False)
+        perm = tuple(0 if i == real[0] else None for i in range(rank))
+        out = imp.add(op, [column], perm)
+        if keep:
+            return out
+        target = tuple(d for i, d in enumerate(imp.onnx_shape(out)) if i not in per)
+        return _reshape_to(imp, out, target) if target else _Value(out.node, ())
     out = x
     if len(real) == 2 and len(x.real) == 2 and not keep and mode != "max":
         # Over a whole sample: over length, then a dense sum over channels.
