@@ -903,3 +903,16 @@ def test_reductions_over_a_vector_with_size_1_axes(tmp_path, op):
     v = x.reshape(3, 1, 64)
     fn = np.mean if op == "ReduceMean" else np.max
     np.testing.assert_allclose(y, v - fn(v, axis=-1, keepdims=True), atol=1e-6)
+
+
+def test_windows_split_off_the_length_are_named(tmp_path):
+    """gReLU's attention pooling reshapes (N, C, L) to (N, C, L/p, p)."""
+    nodes = [_n("Conv", ["x", "w"], ["h"]), _n("Reshape", ["h", "s"])]
+    inits = [("w", np.ones((3, 4, 1), np.float32)), ("s", np.array([0, 3, 8, 2]))]
+    path = _save(tmp_path, nodes, inits)
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"\(Reshape\).*reshaping \(None, 3, 16\) to \(None, 3, 8, 2\) splits "
+        r"the length axis into windows of 2 \(as attention pooling does\)",
+    ):
+        ismkernel.load_model(path)

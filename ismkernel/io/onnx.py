@@ -1329,6 +1329,14 @@ def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
     if x.real == tuple(range(len(ir))):
         # The IR array is in ONNX order (size-1 axes aside): a row-major reshape.
         return imp.add(ops.Reshape(target), [x], tuple(range(len(target))))
+    big_src = [d for d in src if d != 1]
+    if len(ir) == 2 and x.real == _CF and big_target[:1] == big_src[:1]:
+        if len(big_target) == 3 and big_target[1] * big_target[2] == big_src[1]:
+            raise imp.unsupported(
+                f"reshaping {(None,) + src} to {(None,) + target} splits the length "
+                f"axis into windows of {big_target[2]} (as attention pooling does); "
+                "ismkernel pools windows only with MaxPool and AveragePool"
+            )
     raise imp.unsupported(
         f"reshaping {(None,) + src} to {(None,) + target} moves values of a "
         "channels-first tensor; only flattening is supported there"
