@@ -916,3 +916,25 @@ def test_windows_split_off_the_length_are_named(tmp_path):
         r"the length axis into windows of 2 \(as attention pooling does\)",
     ):
         ismkernel.load_model(path)
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,match",
+    [
+        (
+            [_n("Conv", ["x", "w"], ["h"]), _n("Reshape", ["h", "s"])],
+            [("w", np.ones((3, 4, 1), np.float32)), ("s", np.array([0, 16, 3]))],
+            r"\(Reshape\).*reshaping \(None, 3, 16\) to \(None, 16, 3\) moves values "
+            r"of a channels-first tensor; only flattening is supported there",
+        ),
+        (
+            [_n("Floor", ["x"])],
+            [],
+            r"\(Floor\).*Floor is supported only on constants, not on tensors "
+            r"computed from the model input",
+        ),
+    ],
+)
+def test_other_refusals_are_named(tmp_path, nodes, inits, match):
+    with pytest.raises(UnsupportedLayerError, match=match):
+        ismkernel.load_model(_save(tmp_path, nodes, inits))
