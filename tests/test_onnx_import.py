@@ -938,3 +938,135 @@ def test_windows_split_off_the_length_are_named(tmp_path):
 def test_other_refusals_are_named(tmp_path, nodes, inits, match):
     with pytest.raises(UnsupportedLayerError, match=match):
         ismkernel.load_model(_save(tmp_path, nodes, inits))
+
+
+UPSAMPLES = {
+    "Expand": (
+        [
+            _n("Unsqueeze", ["x", "u"], ["x4"]),
+            _n("Expand", ["x4", "e"], ["r"]),
+            _n("Reshape", ["r", "s"]),
+        ],
+        [
+            ("u", np.array([3])),
+            ("e", np.array([1, 1, 1, 3])),
+            ("s", np.array([-1, 4, 48])),
+        ],
+    ),
+    "Tile, the shape read back": (
+        [
+            _n("Unsqueeze", ["x", "u"], ["x4"]),
+            _n("Tile", ["x4", "t"], ["r"]),
+            _n("Shape", ["r"], ["sh"]),
+            _n("Slice", ["sh", "z", "two", "z"], ["nc"]),
+            _n("Concat", ["nc", "m1"], ["s"], axis=0),
+            _n("Reshape", ["r", "s"]),
+        ],
+        [
+            ("u", np.array([3])),
+            ("t", np.array([1, 1, 1, 3])),
+            ("z", np.array([0])),
+            ("two", np.array([2])),
+            ("m1", np.array([-1])),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(UPSAMPLES))
+def test_repeats_merged_into_the_length_are_an_upsampling(tmp_path, spelling):
+    """``repeat_interleave`` along the length (and Keras 3's UpSampling1D):
+    a new axis after the length, repeated, merged back into the length."""
+    nodes, inits = UPSAMPLES[spelling]
+    model, x, y = _run_spelling(tmp_path, nodes, inits)
+    np.testing.assert_array_equal(y, np.repeat(x, 3, axis=2))
+    assert _graph_ops(model) == ["Input", "UpSample1D"]
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,match",
+    [
+        (
+            [
+                _n("Unsqueeze", ["x", "u"], ["x4"]),
+                _n("Expand", ["x4", "e"], ["r"]),
+                _n("Relu", ["r"]),
+            ],
+            [("u", np.array([3])), ("e", np.array([1, 1, 1, 3]))],
+            r"\(Relu\).*repeats a tensor along a new axis; only merging the repeats "
+            r"into the length \(an upsampling\) is supported",
+        ),
+        (
+            [
+                _n("Unsqueeze", ["x", "u"], ["x4"]),
+                _n("Expand", ["x4", "e"], ["r"]),
+                _n("Reshape", ["r", "s"]),
+            ],
+            [
+                ("u", np.array([3])),
+                ("e", np.array([1, 1, 1, 3])),
+                ("s", np.array([0, 12, 16])),
+            ],
+            r"\(Reshape\).*reshaping \(None, 4, 16, 3\) \(the repeats of a tensor\) "
+            r"to \(None, 12, 16\): only merging the repeats into the length",
+        ),
+    ],
+)
+def test_repeats_read_otherwise_are_named(tmp_path, nodes, inits, match):
+    with pytest.raises(UnsupportedLayerError, match=match):
+        ismkernel.load_model(_save(tmp_path, nodes, inits))
+
+
+def test_global_pools_of_a_channels_last_tensor_reduce_the_channels(tmp_path):
+    """GlobalAveragePool reduces every axis after the second: over the
+    channels of (N, L, C), as tf2onnx writes a LayerNorm's mean."""
+    nodes = [
+        _n("Conv", ["x", "w"], ["h"]),
+        _n("Transpose", ["h"], ["t"], perm=[0, 2, 1]),
+        _n("GlobalAveragePool", ["t"], ["m"]),
+        _n("GlobalMaxPool", ["t"], ["g"]),
+        _n("Sub", ["m", "g"]),
+    ]
+    w = np.random.default_rng(6).normal(size=(3, 4, 1)).astype(np.float32)
+    model, x, y = _run_spelling(tmp_path, nodes, [("w", w)])
+    t = np.einsum("ock,ncl->nlo", w, x)
+    want = t.mean(-1, keepdims=True) - t.max(-1, keepdims=True)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_constants_that_broadcast_a_tensor_repeat_it(tmp_path):
+    """(N, 1, L) times a per-channel constant (C, 1): the tensor's size-1
+    channel axis is repeated, then scaled per channel."""
+    nodes = [
+        _n("Conv", ["x", "w"], ["h"]),
+        _n("Mul", ["h", "c"], ["p"]),
+        _n("Erfc", ["p"]),
+    ]
+    w = np.random.default_rng(8).normal(size=(1, 4, 1)).astype(np.float32)
+    c = np.array([[0.5], [-1.0], [2.0]], np.float32)
+    model, x, y = _run_spelling(tmp_path, nodes, [("w", w), ("c", c)])
+    from scipy.special import erfc
+
+    want = erfc(np.einsum("ock,ncl->nol", w, x) * c)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin"])
+def test_reductions_of_constants_are_evaluated(tmp_path, op):
+    """A flatten to ``prod(shape[1:])`` as tf2onnx computes it; the other
+    reductions of the same constant ([4, 16] -> 20, 16, 4) are not a
+    flatten and must fail as a reshape of the wrong size."""
+    nodes = [
+        _n("Shape", ["x"], ["s"]),
+        _n("Gather", ["s", "i"], ["dims"], axis=0),
+        _n(op, ["dims"], ["n"], axes=[0], keepdims=1),
+        _n("Concat", ["m1", "n"], ["t"], axis=0),
+        _n("Reshape", ["x", "t"]),
+    ]
+    inits = [("i", np.array([1, 2])), ("m1", np.array([-1]))]
+    if op != "ReduceProd":
+        with pytest.raises(ShapeError, match="cannot reshape"):
+            ismkernel.load_model(_save(tmp_path, nodes, inits, opset=17))
+        return
+    model, x, y = _run_spelling(tmp_path, nodes, inits, opset=17)
+    np.testing.assert_array_equal(y, x.reshape(3, 64))

@@ -175,6 +175,11 @@ class _Importer:
                 f"input '{name}' stacks tensors along a new leading axis "
                 "(torch.stack); only a reduction over that axis is supported"
             )
+        if isinstance(value, _Repeated):
+            raise self.unsupported(
+                f"input '{name}' repeats a tensor along a new axis; only merging "
+                "the repeats into the length (an upsampling) is supported"
+            )
         if value is not None:
             raise self.unsupported(f"input '{name}' is a comparison, not a tensor")
         if name in self.consts:
@@ -814,6 +819,17 @@ def _pow(imp, inputs, attrs):
     )
 
 
+@_handles("Erfc")
+def _erfc(imp, inputs, attrs):
+    """``1 - erf(x)``, as Keras 3 writes GELU; it loses erfc's relative
+    precision where erf(x) rounds to 1, below float32's absolute rounding."""
+    x = imp.tensor(inputs[0])
+    erf = imp.add(ops.Activation("erf"), [x], x.perm, suffix="/erf")
+    one = np.ones((1,) * imp.ir_rank(x))
+    weights = {"scale": -one, "shift": one}
+    return imp.add(ops.ChannelAffine(), [erf], x.perm, weights)
+
+
 @_handles("Neg")
 def _neg(imp, inputs, attrs):
     x = imp.tensor(inputs[0])
@@ -898,6 +914,7 @@ def _binary(imp: _Importer, inputs, attrs):
     if a in imp.consts or b in imp.consts:
         const_first = a in imp.consts
         x = imp.tensor(b if const_first else a)
+        x = _enlarge(imp, x, imp.consts[a if const_first else b])
         c = imp.ir_const(imp.consts[a if const_first else b], x, "constant")
         rank = imp.ir_rank(x)
         one, zero = np.ones((1,) * rank), np.zeros((1,) * rank)
@@ -917,6 +934,21 @@ def _binary(imp: _Importer, inputs, attrs):
         weights = {"scale": scale, "shift": shift}
         return imp.add(ops.ChannelAffine(axis=-1), [x], x.perm, weights)
     return _merge(imp, [imp.tensor(a), imp.tensor(b)], _BINARY[kind])
+
+
+def _enlarge(imp: _Importer, x: _Value, c: np.ndarray) -> _Value:
+    """``x`` repeated along its size-1 IR axes that a constant it meets
+    broadcasts to more (a per-position scale of shape (N, L, 1) times a
+    per-channel one of shape (C,)): a concatenation of copies."""
+    shape = imp.onnx_shape(x)
+    dims = np.shape(c)[-len(shape) :] if len(shape) else ()
+    dims = (1,) * (len(shape) - len(dims)) + tuple(dims)
+    out = x
+    for axis, (d, n) in enumerate(zip(shape, dims)):
+        if d == 1 and n > 1 and x.perm[axis] is not None:
+            op = ops.Concatenate(axis=x.perm[axis])
+            out = imp.add(op, [out] * n, out.perm, suffix=f"/broadcast{axis}")
+    return out
 
 
 def _merge(imp: _Importer, xs: list[_Value], mode: str) -> _Value:
@@ -1162,10 +1194,13 @@ def _repeat(imp: _Importer, inputs, attrs):
     if batch not in (1, -1):
         raise imp.unsupported("repeating the batch axis is not supported")
     out = x
+    grown = [a for a, c in enumerate(counts) if c != 1 and x.perm[a] is None]
     for axis, count in enumerate(counts):
         if count == 1:
             continue
         j = out.perm[axis]
+        if j is None and grown == [axis] and axis > 0 and out.perm[axis - 1] == 0:
+            continue
         if j is None:
             raise imp.unsupported(
                 f"repeating axis {axis + 1} of {(None,) + src}, which the IR lacks; "
@@ -1174,6 +1209,8 @@ def _repeat(imp: _Importer, inputs, attrs):
         suffix = f"/{axis}" if sum(c != 1 for c in counts) > 1 else ""
         op = ops.Concatenate(axis=j)
         out = imp.add(op, [out] * count, out.perm, suffix=suffix)
+    if grown:
+        return _Repeated(out, grown[0], counts[grown[0]])
     return out
 
 
@@ -1345,9 +1382,10 @@ def _reshape_to(imp: _Importer, x: _Value, target: tuple[int, ...]) -> _Value:
 
 @_handles("Reshape")
 def _reshape(imp: _Importer, inputs, attrs):
-    x = imp.tensor(inputs[0])
+    repeated = imp.values.get(inputs[0])
+    x = repeated.value if isinstance(repeated, _Repeated) else imp.tensor(inputs[0])
     shape = [int(s) for s in imp.need_const(inputs[1], "shape").reshape(-1)]
-    src = imp.onnx_shape(x)
+    src = repeated.shape(imp) if isinstance(repeated, _Repeated) else imp.onnx_shape(x)
     if len(shape) < 2:
         raise imp.unsupported(f"reshape to {shape} merges the batch axis")
     per = shape[1:]
@@ -1362,7 +1400,24 @@ def _reshape(imp: _Importer, inputs, attrs):
             )
         known = math.prod(s for s in per if s != -1)
         per[per.index(-1)] = math.prod(src) // known if known else 0
+    if isinstance(repeated, _Repeated):
+        return _upsample(imp, repeated, src, tuple(per))
     return _reshape_to(imp, x, tuple(per))
+
+
+def _upsample(imp: _Importer, r: _Repeated, src: tuple, target: tuple) -> _Value:
+    """A repeated axis merged into the length before it: every row repeated
+    ``count`` times in place."""
+    a = r.axis
+    merged = src[: a - 1] + (None if src[a - 1] is None else src[a - 1] * r.count,)
+    if target != merged + src[a + 1 :]:
+        raise imp.unsupported(
+            f"reshaping {(None,) + src} (the repeats of a tensor) to "
+            f"{(None,) + target}: only merging the repeats into the length, "
+            "an upsampling, is supported"
+        )
+    perm = r.value.perm[:a] + r.value.perm[a + 1 :]
+    return imp.add(ops.UpSample1D(r.count), [r.value], perm)
 
 
 @_handles("Flatten")
@@ -1390,6 +1445,23 @@ def _axes(imp: _Importer, inputs, attrs, position: int = 1) -> list[int] | None:
     if len(inputs) > position and inputs[position]:
         return [int(a) for a in imp.need_const(inputs[position], "axes").reshape(-1)]
     return None
+
+
+@dataclass(frozen=True)
+class _Repeated:
+    """``value`` with a new size-1 axis ``axis`` (right after the length
+    axis) repeated ``count`` times: only a Reshape that merges it into the
+    length may read it, and that is an upsampling (``repeat_interleave``,
+    Keras 3's UpSampling1D)."""
+
+    value: _Value
+    axis: int
+    count: int
+
+    def shape(self, imp: _Importer) -> tuple:
+        shape = list(imp.onnx_shape(self.value))
+        shape[self.axis] = self.count
+        return tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -1569,6 +1641,13 @@ def _reduce(imp: _Importer, inputs, attrs):
         "ReduceMax": "max",
         "ReduceLogSumExp": "logsumexp",
     }[imp.node.op_type]
+    return _reduce_axes(imp, x, per, keep, mode)
+
+
+def _reduce_axes(imp: _Importer, x: _Value, per: list[int], keep: bool, mode: str):
+    """``x`` reduced over its ONNX per-sample axes ``per``."""
+    rank = len(x.perm)
+    axes = [a + 1 for a in per]
     shape = imp.onnx_shape(x)
     # Reducing an axis of size 1 changes no value.
     real = [i for i in per if shape[i] != 1]
@@ -1646,10 +1725,12 @@ def _reduce_stack(imp: _Importer, stack: _Stack, inputs, attrs):
 
 @_handles("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(imp: _Importer, inputs, attrs):
-    x = imp.as_sequence(imp.tensor(inputs[0]))
-    imp.need_sequence(x, imp.node.op_type, max(1, len(x.perm) - 1))
+    """A reduction over every axis after the second, kept: over the length of
+    a (batch, channels, length) tensor, and over the channels of a
+    (batch, length, channels) one (tf2onnx writes a LayerNorm's means so)."""
+    x = imp.tensor(inputs[0])
     mode = "max" if imp.node.op_type == "GlobalMaxPool" else "average"
-    return imp.add(ops.GlobalPool1D(mode, axis=0, keepdims=True), [x], x.perm)
+    return _reduce_axes(imp, x, list(range(1, len(x.perm))), True, mode)
 
 
 @_handles("LayerNormalization")
@@ -1752,8 +1833,11 @@ def _constant(imp: _Importer, inputs, attrs):
 
 @_handles("Shape")
 def _shape(imp: _Importer, inputs, attrs):
-    x = imp.tensor(inputs[0])
-    shape = imp.onnx_shape(x)
+    repeated = imp.values.get(inputs[0])
+    if isinstance(repeated, _Repeated):
+        shape = repeated.shape(imp)
+    else:
+        shape = imp.onnx_shape(imp.tensor(inputs[0]))
     if None in shape:
         raise imp.needs_length(
             f"the shape of {(None,) + shape} needs a fixed input length"
@@ -1815,6 +1899,24 @@ def _fold_elementwise(imp, xs, attrs):
     if imp.node.op_type in ("Max", "Min"):
         return functools.reduce(fn, xs)
     return fn(*xs)
+
+
+@_folds("ReduceProd", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")
+def _fold_reduce(imp, xs, attrs):
+    fn = {
+        "ReduceProd": np.prod,
+        "ReduceSum": np.sum,
+        "ReduceMean": np.mean,
+        "ReduceMax": np.max,
+        "ReduceMin": np.min,
+    }[imp.node.op_type]
+    axes = attrs.get("axes")
+    if axes is None and len(xs) > 1 and xs[1] is not None and xs[1].size:
+        axes = xs[1].reshape(-1).tolist()
+    if axes is None and attrs.get("noop_with_empty_axes", 0):
+        return xs[0]
+    axis = None if axes is None else tuple(int(a) for a in axes)
+    return fn(xs[0], axis=axis, keepdims=bool(attrs.get("keepdims", 1)))
 
 
 @_folds("Mod")
