@@ -821,8 +821,10 @@ def _pow(imp, inputs, attrs):
 
 @_handles("Erfc")
 def _erfc(imp, inputs, attrs):
-    """``1 - erf(x)``, as Keras 3 writes GELU; it loses erfc's relative
-    precision where erf(x) rounds to 1, below float32's absolute rounding."""
+    """``1 - erf(x)``. ONNX has no Erfc; tf2onnx leaves TensorFlow's, with
+    which Keras computes its exact GELU, in the file as it is. ``1 - erf``
+    loses erfc's relative precision only where erf(x) rounds to 1, below
+    float32's absolute rounding."""
     x = imp.tensor(inputs[0])
     erf = imp.add(ops.Activation("erf"), [x], x.perm, suffix="/erf")
     one = np.ones((1,) * imp.ir_rank(x))
