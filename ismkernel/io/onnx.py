@@ -397,6 +397,8 @@ class _Importer:
         for self.node_index, self.node in enumerate(g.node):
             n = self.node
             fed = [i for i in n.input if i in data]
+            # Gemm's third input is an added bias, not a factor.
+            factors = n.input if n.op_type == "Einsum" else n.input[:2]
             if self.node_index in live:
                 if n.op_type in _RECURRENT:
                     raise self.unsupported(
@@ -404,7 +406,7 @@ class _Importer:
                         "depends on the whole sequence through its state. " + _NOT_LOCAL
                     )
                 if n.op_type in _ATTENTION or (
-                    n.op_type in _PRODUCTS and len(fed) >= 2
+                    n.op_type in _PRODUCTS and sum(i in data for i in factors) >= 2
                 ):
                     raise self.unsupported(
                         "it multiplies two tensors computed from the model input "
