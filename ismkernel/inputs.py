@@ -19,6 +19,8 @@ __all__ = [
     "check_dtype",
     "check_positions",
     "check_alternatives",
+    "check_memory_budget",
+    "check_positive_int",
     "seq_input_index",
     "output_indices",
 ]
@@ -192,12 +194,43 @@ def check_positive_int(value: Any, name: str) -> int | None:
     return int(value)
 
 
+def _slice_positions(positions: slice, seq_len: int) -> np.ndarray:
+    """A slice of positions, held to the same range as an array of them:
+    no negative bounds (which a slice would count from the end) and no end
+    past the sequence (which a slice would clip)."""
+    bounds = {"start": positions.start, "stop": positions.stop}
+    for what, value in bounds.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InputError(
+                f"positions={positions!r}: its {what} must be an integer or None, "
+                f"got {value!r}"
+            )
+        if not 0 <= value <= seq_len:
+            raise InputError(
+                f"positions={positions!r} is out of range for sequence length "
+                f"{seq_len} (valid positions 0..{seq_len - 1}; a slice's stop may "
+                f"be at most {seq_len})"
+            )
+    step = positions.step
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1
+    ):
+        raise InputError(
+            f"positions={positions!r}: its step must be a positive integer or "
+            f"None, got {step!r}"
+        )
+    return np.arange(seq_len, dtype=np.int64)[positions]
+
+
 def check_positions(positions: Any, seq_len: int) -> np.ndarray:
-    """Positions as an int64 array; None means all, a slice is resolved."""
+    """Positions as an int64 array; None means all, a slice is resolved
+    (bounds outside ``0..seq_len`` are refused, not clipped)."""
     if positions is None:
         return np.arange(seq_len, dtype=np.int64)
     if isinstance(positions, slice):
-        return np.arange(seq_len, dtype=np.int64)[positions]
+        return _slice_positions(positions, seq_len)
     arr = np.asarray(positions)
     if arr.ndim == 0:
         arr = arr[None]
@@ -214,6 +247,46 @@ def check_positions(positions: Any, seq_len: int) -> np.ndarray:
             f"valid positions 0..{seq_len - 1})"
         )
     return arr
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def check_memory_budget(value: Any, what: str = "memory_budget") -> int | None:
+    """A byte count: a positive integer, or text such as ``"1000000"``,
+    ``"512M"``, ``"2G"`` or ``"1.5GiB"`` (K, M, G, T are powers of 1024);
+    None stays None. The command line's ``--memory-budget`` and the Python
+    API take the same values."""
+    if value is None:
+        return None
+    wrong = InputError(
+        f"{what} takes bytes such as 512M or 2G (or a positive integer), got {value!r}"
+    )
+    if isinstance(value, bool):
+        raise wrong
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip().upper()
+        for tail in ("IB", "B"):
+            if text.endswith(tail) and len(text) > len(tail):
+                text = text[: -len(tail)]
+                break
+        scale = 1
+        if text and text[-1] in _UNITS:
+            scale, text = _UNITS[text[-1]], text[:-1]
+        try:
+            amount = float(text) if scale > 1 else int(text)
+        except ValueError:
+            raise wrong from None
+        if not np.isfinite(amount):
+            raise wrong
+        number = int(amount * scale)
+    else:
+        raise wrong
+    if number < 1:
+        raise InputError(f"{what} must be positive, got {value!r}")
+    return number
 
 
 def check_alternatives(
