@@ -147,3 +147,20 @@ def test_selected_batches_stream_in_file_order(tmp_path):
         (i.tolist(), x[:, 0].argmax(-1).tolist()) for i, x in src.batches(2, [1, 2, 5])
     ]
     assert got == [([1, 2], [1, 2]), ([5], [1])]
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_utf8_byte_order_mark_is_skipped(tmp_path, zipped):
+    text = b"\xef\xbb\xbf>a\nACGT\n"
+    path = tmp_path / "bom.fa"
+    path.write_bytes(gzip.compress(text) if zipped else text)
+    source = open_sequences(path, 4)
+    assert source.names == ["a"]
+    np.testing.assert_array_equal(_all(source)[1][0], np.eye(4, dtype=np.float32))
+
+
+def test_utf16_text_is_refused_with_a_reason(tmp_path):
+    path = tmp_path / "u16.fa"
+    path.write_bytes(">a\nACGT\n".encode("utf-16"))
+    with pytest.raises(InputError, match="is UTF-16 text; save it as plain text"):
+        open_sequences(path, 4)

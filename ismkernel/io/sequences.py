@@ -94,14 +94,39 @@ def fit_length(
     return out
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def open_text(path: str):
     """A text file, gunzipped when its content is gzip (whatever its name);
-    lines keep their endings, so ``\r\n`` is stripped by the reader."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="latin-1", newline="")
-    return open(path, encoding="latin-1", newline="")
+    lines keep their endings, so ``\r\n`` is stripped by the reader. A UTF-8
+    byte-order mark (which some Windows editors write) is skipped; UTF-16
+    text is refused with a message saying so."""
+    if os.path.isdir(path):
+        raise InputError(f"'{path}' is a directory, not a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError as err:
+        raise InputError(f"cannot read '{path}': {err.strerror or err}") from None
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(3)
+        except (OSError, EOFError) as err:  # a damaged gzip stream
+            raise InputError(f"cannot read '{path}': {err}") from None
+        f = gzip.open(path, "rt", encoding="latin-1", newline="")
+    else:
+        f = open(path, encoding="latin-1", newline="")
+    if head[:2] in _UTF16_BOMS:
+        f.close()
+        raise InputError(
+            f"'{path}' is UTF-16 text; save it as plain text (ASCII or UTF-8)"
+        )
+    if head[:3] == _UTF8_BOM:
+        f.read(3)  # latin-1: one character per byte
+    return f
 
 
 @dataclass
