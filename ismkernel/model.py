@@ -9,7 +9,7 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import reference
-from ismkernel.errors import InputError
+from ismkernel.errors import InputError, ModelFileError
 from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
 from ismkernel.io.onnx import NeedsLength
@@ -295,7 +295,7 @@ def _to_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
     )
 
 
-def load_model(path: str | os.PathLike) -> Model:
+def load_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Model:
     """Load a model file: Keras ``.h5`` (Keras 2 or 3), a Keras 3 ``.keras``
     archive, or ONNX (needs the ``onnx`` extra). The format is read from the
     file's content, not its name.
@@ -304,19 +304,70 @@ def load_model(path: str | os.PathLike) -> Model:
     executed. ONNX models exported from PyTorch take and return arrays in
     PyTorch's channels-first layout, ``(n_seqs, n_channels, seq_len)``.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file.
+    allow_nonfinite : bool
+        Load weights holding NaN or infinity instead of refusing them (every
+        prediction through such a weight is NaN).
+
     Raises
     ------
     ModelFileError
         The file is missing, corrupt, truncated, of an unknown format, or its
-        config and weights do not agree.
+        config and weights do not agree; or a weight holds NaN or infinity
+        (the layer and variable are named).
     UnsupportedLayerError
         A layer or option the IR cannot represent (named in the message).
+    InputError
+        ``path`` is not a path.
     """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(
+            "load_model takes the path of a model file (str or os.PathLike), got "
+            f"{type(path).__name__} {path!r}"
+        )
+    if not isinstance(allow_nonfinite, (bool, np.bool_)):
+        raise InputError(
+            f"allow_nonfinite must be True or False, got {allow_nonfinite!r}"
+        )
+    path = os.fspath(path)
     try:
         graph, info = read_graph(path)
     except NeedsLength as err:
-        return LengthDeferredModel(os.fspath(path), str(err))
-    return _model(graph, os.fspath(path), info)
+        return LengthDeferredModel(path, str(err), allow_nonfinite=allow_nonfinite)
+    if not allow_nonfinite:
+        check_finite_weights(graph, path)
+    return _model(graph, path, info)
+
+
+def check_finite_weights(graph: Graph, path: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the layer and variable:
+    they make every prediction through them NaN without a word."""
+    seen: set[int] = set()
+    for node in graph.nodes.values():
+        for var, w in node.weights.items():
+            if id(w) in seen or not np.issubdtype(np.asarray(w).dtype, np.inexact):
+                continue
+            seen.add(id(w))
+            finite = np.isfinite(w)
+            if finite.all():
+                continue
+            bad = np.argwhere(~finite)
+            first = tuple(int(i) for i in bad[0])
+            value = np.asarray(w)[first]
+            layer = node.layer or node.name
+            kind = f" ({node.layer_class})" if node.layer_class else ""
+            raise ModelFileError(
+                f"'{path}': layer '{layer}'{kind}, variable '{var}' holds "
+                f"{len(bad)} non-finite value(s) ({value} first, at index "
+                f"{first}); every prediction through it would be NaN. The file is "
+                "damaged or its training diverged; "
+                "load_model(..., allow_nonfinite=True) loads it anyway"
+            )
 
 
 def _model(graph: Graph, path: str, info: dict) -> Model:
@@ -341,10 +392,11 @@ class LengthDeferredModel(Model):
 
     deferred_length = True
 
-    def __init__(self, path: str, why: str):
+    def __init__(self, path: str, why: str, *, allow_nonfinite: bool = False):
         from ismkernel.io.onnx import declared_specs
 
         self.path = path
+        self.allow_nonfinite = allow_nonfinite
         self.format = "onnx"
         self.keras_version = ""
         self.producer = "graph built per sequence length"
@@ -380,6 +432,8 @@ class LengthDeferredModel(Model):
         length = int(length)
         if length not in self._built:
             graph, info = read_graph(self.path, length=length)
+            if not self.allow_nonfinite:
+                check_finite_weights(graph, self.path)
             self._built[length] = _model(graph, self.path, info)
         return self._built[length]
 
