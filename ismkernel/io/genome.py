@@ -41,15 +41,62 @@ class Genome:
             ) from None
         if not os.path.exists(self.path):
             raise InputError(f"genome file '{self.path}' does not exist")
+        if os.path.isdir(self.path):
+            raise InputError(f"genome '{self.path}' is a directory, not a FASTA file")
         try:
             self._fa = pyfaidx.Fasta(self.path, as_raw=True, sequence_always_upper=True)
         except Exception as err:  # pyfaidx raises several types for bad files
             raise InputError(f"cannot index genome '{self.path}': {err}") from None
+        self.index_path = getattr(self._fa.faidx, "indexname", self.path + ".fai")
+        self._check_index()
         self.lengths = {name: len(rec) for name, rec in self._fa.records.items()}
+
+    def _check_index(self) -> None:
+        """Check that each record is where the ``.fai`` says. pyfaidx rebuilds
+        an index older than its FASTA, but one that is newer and wrong (a
+        FASTA replaced with its old timestamp, an index copied from
+        elsewhere) makes it return other bytes, even other records' bases."""
+        with open(self.path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return  # bgzip: offsets are in the uncompressed stream
+            size = os.fstat(f.fileno()).st_size
+            for name, rec in self._fa.faidx.index.items():
+                lines, rest = divmod(rec.rlen, rec.lenc) if rec.lenc else (0, 0)
+                end = rec.offset + lines * rec.lenb + rest
+                ok = 0 < rec.offset <= size and end <= size
+                if ok:
+                    lo = max(0, rec.offset - 1024)
+                    f.seek(lo)
+                    before = f.read(rec.offset - lo)
+                    if not before.endswith(b"\n"):
+                        ok = False
+                    elif b"\n" in before[:-1] or lo == 0:
+                        header = before[:-1].rsplit(b"\n", 1)[-1].rstrip(b"\r")
+                        fields = header[1:].split()
+                        ok = header.startswith(b">") and bool(fields)
+                        ok = ok and fields[0].decode("latin-1") == name
+                if ok and rec.rlen:
+                    # Just past the last base: a line end (or the end of file).
+                    f.seek(end if rest else end - 1)
+                    ok = f.read(1) in (b"\n", b"\r", b"")
+                if not ok:
+                    raise InputError(
+                        f"genome index '{self.index_path}' does not match "
+                        f"'{self.path}': record '{name}' is not where the index "
+                        "says (the FASTA changed after it was indexed?). Delete "
+                        f"'{self.index_path}' and rerun; it is rebuilt"
+                    )
 
     def fetch(self, chrom: str, start: int, end: int) -> str:
         """Bases ``[start, end)`` of ``chrom`` (0-based), upper case."""
-        return str(self._fa[chrom][start:end])
+        seq = str(self._fa[chrom][start:end])
+        if len(seq) != end - start:
+            raise InputError(
+                f"genome '{self.path}' gave {len(seq)} bases for {chrom}:[{start}, "
+                f"{end}) instead of {end - start}; its index '{self.index_path}' "
+                "does not match it. Delete the index and rerun; it is rebuilt"
+            )
+        return seq
 
 
 @dataclass(frozen=True)
@@ -197,23 +244,22 @@ class RegionSource:
     def __len__(self) -> int:
         return len(self.regions)
 
+    def _window(self, j: int) -> np.ndarray:
+        r = self.regions[j]
+        try:
+            bases = self.genome.fetch(
+                r.chrom, self.starts[j], self.starts[j] + self.length
+            )
+            return encode(bases, self.n_as)
+        except InputError as err:
+            raise InputError(
+                f"'{self.path}' line {r.line}: region '{r.name}': {err}"
+            ) from None
+
     def batches(
         self, size: int, select: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         wanted = np.arange(len(self)) if select is None else np.asarray(select)
         for i in range(0, len(wanted), size):
             idx = wanted[i : i + size]
-            x = np.stack(
-                [
-                    encode(
-                        self.genome.fetch(
-                            self.regions[j].chrom,
-                            self.starts[j],
-                            self.starts[j] + self.length,
-                        ),
-                        self.n_as,
-                    )
-                    for j in idx
-                ]
-            )
-            yield idx, x
+            yield idx, np.stack([self._window(j) for j in idx])
