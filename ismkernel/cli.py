@@ -57,20 +57,6 @@ def _tasks(text: str) -> list[int]:
         ) from None
 
 
-def _bytes(text: str) -> int:
-    """``1000000``, ``512M``, ``2G``."""
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    t = text.strip().upper().removesuffix("B")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--memory-budget takes bytes such as 512M or 2G, got {text!r}"
-        ) from None
-
-
 def _ism(args: argparse.Namespace) -> int:
     from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
 
@@ -114,84 +100,114 @@ def _ism(args: argparse.Namespace) -> int:
     try:
         summary = run_job(job)
     except KeyboardInterrupt:
-        if args.format == "hdf5" and os.path.exists(args.out):
-            print(
-                f"ismkernel: interrupted; the sequences finished so far are in "
-                f"{args.out}: rerun with --resume to finish it",
-                file=sys.stderr,
-            )
-            return 130
-        raise
+        print(f"ismkernel: interrupted; {job.where_results_are()}", file=sys.stderr)
+        return 130
     if not args.quiet:
         done = f"{summary['scored']} sequence(s) scored"
         if summary["skipped"]:
             done += f", {summary['skipped']} already in the file"
+        if summary.get("continued") and summary["continued"] != summary["out"]:
+            done += f" (continued '{summary['continued']}')"
         print(f"{done}; wrote {summary['out']}", file=sys.stderr)
     return 0
+
+
+def _positive(value, flag: str) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{flag} must be a positive integer, got {value}")
 
 
 def _variants(args: argparse.Namespace) -> int:
     import time
 
+    import numpy as np
+
+    from ismkernel.backends import resolve_backend
     from ismkernel.distributed import cluster_client
-    from ismkernel.io.genome import read_vcf
+    from ismkernel.inputs import check_memory_budget
+    from ismkernel.io.genome import Genome, read_vcf
+    from ismkernel.io.output import OutputLock, check_output_path, check_space
     from ismkernel.io.results import sha256
-    from ismkernel.job import progress_bar
+    from ismkernel.job import check_scheduler, progress_bar
     from ismkernel.model import load_model
+    from ismkernel.reduce import parse_range
     from ismkernel.variants import score_variants, write_h5, write_tsv
 
-    suffix = os.path.splitext(args.out)[1].lower()
-    if suffix not in (".tsv", ".txt", ".h5", ".hdf5"):
-        raise InputError(f"-o {args.out}: write .tsv or .h5")
-    if os.path.exists(args.out) and not args.force:
-        raise InputError(f"'{args.out}' exists; pass --force to overwrite it")
+    # Everything that can be refused is refused before the scoring, and
+    # nothing is written before it ends.
+    out = check_output_path(args.out, "-o", (".tsv", ".txt", ".h5", ".hdf5"))
+    suffix = os.path.splitext(out)[1].lower()
+    if os.path.exists(out) and not args.force:
+        raise InputError(f"'{out}' exists; pass --force to overwrite it")
+    for flag in ("batch_size", "threads", "workers"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    memory_budget = check_memory_budget(args.memory_budget, "--memory-budget")
+    if args.scheduler is not None and args.workers is not None:
+        raise InputError("give either --scheduler or --workers, not both")
+    check_scheduler(args.scheduler)
+    resolve_backend(args.backend)
+    parse_range(args.sum_over, "--sum-over")
     model = load_model(args.model)
     variants = read_vcf(args.vcf)
+    genome = Genome(args.genome)
     start = time.perf_counter()
-    bar = progress_bar(len(variants), "variant", "variants", args.quiet)
-    try:
-        with cluster_client(args.scheduler, args.workers) as client:
-            res = score_variants(
-                model,
-                variants,
-                args.genome,
-                reduce=args.reduce,
-                outputs=args.output,
-                tasks=args.tasks,
-                sum_over=args.sum_over,
-                rc=args.rc,
-                backend=args.backend,
-                batch_size=args.batch_size,
-                memory_budget=args.memory_budget,
-                threads=args.threads,
-                client=client,
-                progress=bar.update,
-            )
-    finally:
-        bar.close()
-    if suffix in (".h5", ".hdf5"):
-        meta = {
-            "model_file": os.path.basename(args.model),
-            "model_sha256": sha256(args.model),
-            "vcf_file": os.path.basename(args.vcf),
-            "genome_file": os.path.basename(args.genome),
-            "reduce": args.reduce,
-            "rc": bool(args.rc),
-        }
-        write_h5(res, args.out, meta)
-    else:
-        write_tsv(res, args.out)
-    if not args.quiet:
+    with OutputLock(out):
+        if os.path.exists(out) and not args.force:
+            raise InputError(f"'{out}' exists; pass --force to overwrite it")
+        values = sum(int(np.prod([d or 1 for d in s.shape])) for s in model.outputs)
+        check_space(out, len(variants) * (200 + 3 * 16 * values) + (1 << 16))
+        bar = progress_bar(len(variants), "variant", "variants", args.quiet)
+        try:
+            with cluster_client(args.scheduler, args.workers) as client:
+                res = score_variants(
+                    model,
+                    variants,
+                    genome,
+                    reduce=args.reduce,
+                    outputs=args.output,
+                    tasks=args.tasks,
+                    sum_over=args.sum_over,
+                    rc=args.rc,
+                    backend=args.backend,
+                    batch_size=args.batch_size,
+                    memory_budget=memory_budget,
+                    threads=args.threads,
+                    client=client,
+                    progress=bar.update,
+                )
+        finally:
+            bar.close()
+        if suffix in (".h5", ".hdf5"):
+            meta = {
+                "model_file": os.path.basename(args.model),
+                "model_sha256": sha256(args.model),
+                "vcf_file": os.path.basename(args.vcf),
+                "genome_file": os.path.basename(args.genome),
+                "reduce": args.reduce,
+                "rc": bool(args.rc),
+            }
+            write_h5(res, out, meta)
+        else:
+            write_tsv(res, out)
+    if not variants:
+        print(
+            f"ismkernel: note: '{args.vcf}' holds no variant records (a header "
+            f"only); wrote an empty result to {out}",
+            file=sys.stderr,
+        )
+    elif not args.quiet:
         print(
             f"{res.stats['n_scored']} variant(s) scored in {res.stats['n_windows']} "
             f"window(s), {res.stats['n_skipped']} skipped (reasons in the output), "
-            f"in {time.perf_counter() - start:.1f} s; wrote {args.out}",
+            f"in {time.perf_counter() - start:.1f} s; wrote {out}",
             file=sys.stderr,
         )
     return 0
 
 
-def _scoring_options(p: argparse.ArgumentParser, reducers: list[str]) -> None:
+def _scoring_options(
+    p: argparse.ArgumentParser, reducers: list[str], backend_default: str | None
+) -> None:
     """What to keep and how to reduce it, and the engine: shared by ``ism``
     and ``variants``."""
     p.add_argument(
@@ -214,11 +230,16 @@ def _scoring_options(p: argparse.ArgumentParser, reducers: list[str]) -> None:
         metavar="START:END",
         help="sum a profile output over this range of its length",
     )
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "reference"])
+    p.add_argument(
+        "--backend",
+        default=backend_default,
+        choices=["auto", "cpu", "reference"],
+        help="engine (default auto"
+        + ("; --resume takes the file's)" if backend_default is None else ")"),
+    )
     p.add_argument("--batch-size", type=int, metavar="N", help="mutants per chunk")
     p.add_argument(
         "--memory-budget",
-        type=_bytes,
         metavar="BYTES",
         help="e.g. 512M or 2G (default 1G)",
     )
@@ -260,12 +281,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ismkernel.errors import OutputFileError
+    from ismkernel.io.output import check_directory
     from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
     from ismkernel.plot import plot_ism
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    h5 = os.path.join(args.out_dir, "ismkernel-demo.h5")
-    png = os.path.join(args.out_dir, "ismkernel-demo.png")
+    out_dir = args.out_dir
+    if not os.path.isdir(out_dir):
+        if os.path.lexists(out_dir):
+            raise OutputFileError(f"--out-dir '{out_dir}' is not a directory")
+        try:
+            os.makedirs(out_dir)
+        except OSError as err:
+            raise OutputFileError(
+                f"cannot create --out-dir '{out_dir}' ({err.strerror or err})"
+            ) from None
+    check_directory(out_dir, f"--out-dir '{out_dir}'")
+    h5 = os.path.join(out_dir, "ismkernel-demo.h5")
+    png = os.path.join(out_dir, "ismkernel-demo.png")
     print(
         "ismkernel demo: ISM of a small model trained to spot AP-1 (TGACTCA) and "
         "GATA (AGATAAG) sites,\non 8 sequences with the motifs planted where "
@@ -281,7 +314,11 @@ def _demo(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         backend=args.backend,
     )
-    summary = run_job(job)
+    try:
+        summary = run_job(job)
+    except KeyboardInterrupt:
+        print(f"ismkernel: interrupted; {job.where_results_are()}", file=sys.stderr)
+        return 130
     print(
         f"scored {summary['scored']} sequences in {summary['seconds']:.1f} s; "
         f"wrote {h5}",
@@ -358,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bases to put at each position: any of A, C, G, T, and N for an "
         "all-zero row (default ACGT)",
     )
-    _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"])
+    _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"], None)
     p.add_argument(
         "--center",
         action="store_true",
@@ -370,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["zero", "uniform"],
         help="one-hot row of N and other IUPAC codes (default: all zero)",
     )
-    p.add_argument("--format", default="hdf5", choices=["hdf5", "npz"])
+    p.add_argument(
+        "--format",
+        choices=["hdf5", "npz"],
+        help="output format (default from OUT's suffix: .npz or HDF5); it must "
+        "agree with the suffix",
+    )
     p.add_argument(
         "--seqs-per-batch",
         type=int,
@@ -390,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run into OUT"
     )
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUT if it exists (the old file stays until the new one "
+        "is complete)",
+    )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or summary"
     )
@@ -408,12 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vcf", required=True, help="VCF, plain or gzipped")
     p.add_argument("--genome", required=True, metavar="FASTA", help="reference genome")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help=".tsv or .h5")
-    _scoring_options(p, ["raw", "delta", "log2fc"])
+    _scoring_options(p, ["raw", "delta", "log2fc"], "auto")
     p.add_argument(
         "--rc", action="store_true", help="average with the reverse complement"
     )
     _dask_options(p)
-    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite OUT (replaced at the end)"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_variants)
 

@@ -14,6 +14,7 @@ __all__ = [
     "ShapeError",
     "InputError",
     "BackendUnavailableError",
+    "OutputFileError",
     "IsmkernelWarning",
 ]
 
@@ -41,6 +42,11 @@ class InputError(IsmkernelError, ValueError):
 
 class BackendUnavailableError(IsmkernelError):
     """A backend that is unknown or whose dependencies are not installed."""
+
+
+class OutputFileError(IsmkernelError):
+    """An output that cannot be written: a missing or read-only directory, a
+    file another run is writing, or a full disk."""
 
 
 class IsmkernelWarning(UserWarning):

@@ -5,27 +5,65 @@ Sequences stream from the input in batches; each batch is scored with
 is bounded by one batch whatever the number of sequences. See
 :mod:`ismkernel.io.results` for the file and why an interrupted run can be
 resumed.
+
+Nothing is written until everything has been checked: every option, the
+model, the whole input (and a digest of each sequence), the output's name,
+format and directory, the free space, and the first batch's scores (which
+catch what only a computation shows, such as ``log2fc`` of a negative
+output). Only then is the file laid out; see :func:`run_job` for how an
+existing ``OUT`` is kept safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ismkernel import config
+from ismkernel.backends import resolve_backend
 from ismkernel.distributed import cluster_client
-from ismkernel.errors import InputError
-from ismkernel.inputs import check_positive_int, output_indices, seq_input_index
-from ismkernel.io.results import OutputLayout, ResultsFile, sha256
-from ismkernel.io.sequences import ALPHABET, open_sequences
+from ismkernel.errors import InputError, IsmkernelError, OutputFileError
+from ismkernel.inputs import (
+    check_dtype,
+    check_memory_budget,
+    output_indices,
+    seq_input_index,
+)
+from ismkernel.io.output import (
+    OutputLock,
+    atomic_file,
+    check_output_path,
+    check_space,
+    is_no_space,
+    publish,
+    remove_quietly,
+)
+from ismkernel.io.results import (
+    OutputLayout,
+    ResultsFile,
+    onehot_digest,
+    results_bytes,
+    sha256,
+)
+from ismkernel.io.sequences import _N_AS, ALPHABET, open_sequences
 from ismkernel.ism import ism
 from ismkernel.model import Model, _from_ir, load_model
 from ismkernel.reduce import REDUCERS, parse_range, reduce_scores, select_output
 
-__all__ = ["IsmJob", "run_job", "parse_alternatives", "EXAMPLE_MODEL", "EXAMPLE_FASTA"]
+__all__ = [
+    "IsmJob",
+    "run_job",
+    "check_scheduler",
+    "parse_alternatives",
+    "partial_path",
+    "EXAMPLE_MODEL",
+    "EXAMPLE_FASTA",
+]
 
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 #: The bundled example: a model trained on synthetic sequences with planted
@@ -54,7 +92,12 @@ def parse_alternatives(text: str) -> tuple[np.ndarray, list[str]]:
 
 @dataclass
 class IsmJob:
-    """What ``ismkernel ism`` does; every field maps to an option."""
+    """What ``ismkernel ism`` does; every field maps to an option.
+
+    ``format`` None takes it from the suffix of ``out`` (``.npz``: npz, else
+    HDF5); ``backend`` None is ``auto`` for a new file and the recorded one
+    on ``--resume``. ``memory_budget`` takes bytes or text such as ``"2G"``.
+    """
 
     model: str
     input: str | None
@@ -65,13 +108,13 @@ class IsmJob:
     reduce: str = "delta"
     tasks: list[int] | None = None
     sum_over: str | None = None
-    backend: str = "auto"
+    backend: str | None = None
     batch_size: int | None = None
-    memory_budget: int | None = None
+    memory_budget: int | str | None = None
     threads: int | None = None
     center: bool = False
     n_as: str = "zero"
-    format: str = "hdf5"
+    format: str | None = None
     seqs_per_batch: int | None = None
     resume: bool = False
     force: bool = False
@@ -82,6 +125,176 @@ class IsmJob:
     scheduler: str | None = None
     workers: int | None = None
     summary: dict = field(default_factory=dict)
+    #: Where the finished sequences are while the run writes (None before
+    #: the file exists), and how many there are: for the message of an
+    #: interrupted run.
+    writing: str | None = field(default=None, init=False)
+    n_finished: int = field(default=0, init=False)
+
+    def where_results_are(self) -> str:
+        """What an interrupted run leaves, and what to do next."""
+        partial = partial_path(self.out)
+        if self.writing is None:
+            kept = f"; '{self.out}' is untouched" if os.path.exists(self.out) else ""
+            return f"nothing was written{kept}"
+        if self.writing == partial:
+            return (
+                f"'{self.out}' is untouched; the {self.n_finished} sequence(s) "
+                f"finished so far are in '{partial}': rerun with --resume to finish "
+                f"it (it then replaces '{self.out}')"
+            )
+        return (
+            f"the {self.n_finished} sequence(s) finished so far are in "
+            f"'{self.writing}': rerun with --resume to finish it"
+        )
+
+
+def partial_path(out: str) -> str:
+    """Where ``--force`` writes while an older ``out`` stays in place; it is
+    renamed over ``out`` when the run ends, and ``--resume`` continues it."""
+    return os.fspath(out) + ".partial"
+
+
+#: Output suffixes per format.
+SUFFIXES = {"hdf5": (".h5", ".hdf5"), "npz": (".npz",)}
+
+
+def _output_format(out: str, fmt: str | None) -> str:
+    """The format, from ``--format`` or the suffix of ``out``; they must agree."""
+    suffix = os.path.splitext(out)[1].lower()
+    if fmt is None:
+        fmt = "npz" if suffix in SUFFIXES["npz"] else "hdf5"
+    if fmt not in SUFFIXES:
+        raise InputError(f"--format must be hdf5 or npz, got {fmt!r}")
+    if suffix in SUFFIXES[fmt]:
+        return fmt
+    stem = os.path.splitext(out)[0]
+    if fmt == "npz":
+        raise InputError(
+            f"-o '{out}' does not end in .npz but --format npz writes an .npz "
+            f"file: name it '{stem}.npz'"
+            + (
+                ", or drop --format npz to write HDF5"
+                if suffix in (".h5", ".hdf5")
+                else ""
+            )
+        )
+    if suffix in SUFFIXES["npz"]:
+        raise InputError(
+            f"-o '{out}' ends in .npz but --format hdf5 writes HDF5: name it "
+            f"'{stem}.h5', or pass --format npz"
+        )
+    raise InputError(
+        f"-o '{out}': results files end in .h5 or .hdf5 (HDF5), or .npz (with "
+        f"--format npz); name it '{stem}.h5'"
+    )
+
+
+def _positive(value: Any, flag: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{flag} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+
+
+def check_scheduler(address: Any) -> None:
+    """A Dask scheduler address, ``[PROTOCOL://]HOST:PORT``, checked for its
+    form (whether it answers is known only when it is called)."""
+    if address is None:
+        return
+    wrong = InputError(
+        f"--scheduler takes an address such as tcp://HOST:PORT, got {address!r}"
+    )
+    if not isinstance(address, str):
+        raise wrong
+    protocol, sep, rest = address.strip().partition("://")
+    if not sep:
+        protocol, rest = "tcp", address.strip()
+    if protocol not in _PROTOCOLS:
+        raise InputError(
+            f"--scheduler {address!r}: unknown protocol {protocol!r} (one of "
+            f"{', '.join(_PROTOCOLS)})"
+        )
+    if protocol == "inproc":
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise wrong
+
+
+def _check_options(job: IsmJob) -> None:
+    """Every option on its own, and the output's name and directory: all that
+    needs neither the model nor the input. Raises before anything is read."""
+    if not isinstance(job.out, (str, os.PathLike)) or not os.fspath(job.out):
+        raise InputError("give the results file with -o OUT")
+    job.out = check_output_path(job.out, "-o")
+    if job.reduce not in REDUCERS:
+        raise InputError(f"--reduce must be one of {REDUCERS}, got {job.reduce!r}")
+    job.format = _output_format(job.out, job.format)
+    if job.resume and job.force:
+        raise InputError(
+            "--resume and --force exclude each other: --resume continues OUT, "
+            "--force starts it over"
+        )
+    if job.format == "npz" and job.resume:
+        raise InputError("--resume works with HDF5 output only")
+    for flag in ("batch_size", "threads", "seqs_per_batch", "workers"):
+        _positive(getattr(job, flag), "--" + flag.replace("_", "-"))
+    job.memory_budget = check_memory_budget(job.memory_budget, "--memory-budget")
+    if job.scheduler is not None and job.workers is not None:
+        raise InputError("give either --scheduler or --workers, not both")
+    check_scheduler(job.scheduler)
+    if job.backend is not None:
+        resolve_backend(job.backend)
+    check_dtype(job.dtype)
+    if job.n_as not in _N_AS:
+        raise InputError(f"--n-as must be one of {_N_AS}, got {job.n_as!r}")
+    parse_alternatives(job.alternatives)
+    parse_range(job.positions, "--positions")
+    parse_range(job.sum_over, "--sum-over")
+    if job.bed is not None and (job.genome is None or job.input is not None):
+        raise InputError("--bed needs --genome and no INPUT file")
+    if job.bed is None and job.input is None:
+        raise InputError("give an INPUT sequence file, or --bed with --genome")
+    _mode(job)  # fails now on an existing OUT; checked again under the lock
+
+
+def _mode(job: IsmJob) -> str:
+    """How this run treats ``OUT``: ``new`` (write it), ``in-place``
+    (resume it), ``partial`` (resume an interrupted ``--force`` run) or
+    ``beside`` (``--force`` over an existing ``OUT``: write the partial file
+    and rename it over ``OUT`` at the end)."""
+    out, partial = job.out, partial_path(job.out)
+    has_out, has_partial = os.path.exists(out), os.path.exists(partial)
+    if job.format == "npz":
+        if has_out and not job.force:
+            raise InputError(f"'{out}' exists; pass --force to overwrite it")
+        return "new"
+    if job.resume:
+        return "partial" if has_partial else "in-place" if has_out else "new"
+    if job.force:
+        return "beside" if has_out else "new"
+    if has_out and has_partial:
+        raise InputError(
+            f"'{out}' exists, and '{partial}' holds an interrupted --force run for "
+            f"it; pass --resume to continue that run (it then replaces '{out}'), or "
+            "--force to start over"
+        )
+    if has_out:
+        raise InputError(
+            f"'{out}' exists; pass --resume to continue that run or --force to "
+            "overwrite it"
+        )
+    if has_partial:
+        raise InputError(
+            f"'{partial}' holds an interrupted --force run for '{out}'; pass "
+            "--resume to continue it, or --force to start over"
+        )
+    return "new"
 
 
 def _layouts(model: Model, picks, tasks, window, kind, n_pos, n_alts) -> list:
@@ -112,19 +325,27 @@ def _layouts(model: Model, picks, tasks, window, kind, n_pos, n_alts) -> list:
 
 def run_job(job: IsmJob, client: Any = None) -> dict:
     """Run ``job``; returns a summary (sequences scored, skipped, seconds).
-    ``client``: a ``dask.distributed.Client`` to score the batches on."""
-    import time
+    ``client``: a ``dask.distributed.Client`` to score the batches on.
 
-    if job.reduce not in REDUCERS:
-        raise InputError(f"--reduce must be one of {REDUCERS}, got {job.reduce!r}")
-    if job.format not in ("hdf5", "npz"):
-        raise InputError(f"--format must be hdf5 or npz, got {job.format!r}")
-    if job.format == "npz" and job.resume:
-        raise InputError("--resume works with HDF5 output only")
-    check_positive_int(job.batch_size, "--batch-size")
-    budget = check_positive_int(job.memory_budget, "--memory-budget") or (
-        config.CPU_MEMORY_BYTES
-    )
+    Every check comes before the first write (see the module docstring), and
+    an existing ``OUT`` is never truncated:
+
+    - one run at a time writes ``OUT``: ``OUT.lock`` beside it is held
+      (``flock``) for the whole run, and a second run is refused, naming the
+      first one's process;
+    - a new file is laid out as ``OUT.tmp`` and renamed to ``OUT`` when its
+      structure is complete, so a crash leaves no file or a valid one;
+    - ``--force`` over an existing ``OUT`` writes ``OUT.partial`` and renames
+      it over ``OUT`` only when the run ends: an interrupted ``--force`` run
+      leaves ``OUT`` as it was, and ``--resume`` continues ``OUT.partial``;
+    - ``--resume`` checks that the input's sequences have the digests the
+      file recorded, and refuses a ``--backend`` other than the recorded one;
+    - a full disk stops the run with the finished sequences kept (free space
+      and ``--resume``); the free space is checked before the run starts.
+    """
+    start = time.perf_counter()
+    _check_options(job)
+    budget = job.memory_budget or config.CPU_MEMORY_BYTES
 
     model = load_model(job.model)
     deferred = model.deferred_length
@@ -146,15 +367,11 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
             "give 4 (A, C, G, T)"
         )
     if job.bed is not None:
-        if job.genome is None or job.input is not None:
-            raise InputError("--bed needs --genome and no INPUT file")
         from ismkernel.io.genome import RegionSource
 
         source = RegionSource(job.bed, job.genome, length, job.n_as)
         job.input = job.bed
     else:
-        if job.input is None:
-            raise InputError("give an INPUT sequence file, or --bed with --genome")
         source = open_sequences(job.input, length, job.center, job.n_as)
     seq_len = source.length
     model = model.with_length(seq_len)
@@ -189,7 +406,7 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         4 * len(positions) * len(alts) * int(np.prod(model.output_axes[k].shape))
         for k in picks
     )
-    spb = check_positive_int(job.seqs_per_batch, "--seqs-per-batch") or int(
+    spb = job.seqs_per_batch or int(
         max(1, min(256, budget // 4 // max(1, 3 * per_seq)))
     )
 
@@ -205,103 +422,228 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         "seqs_per_batch": spb,
         "batch_size": job.batch_size,
         "memory_budget": job.memory_budget,
-        "backend": job.backend,
+        "backend": job.backend or "auto",
         "dtype": job.dtype,
         "outputs": [names[k] for k in picks],
     }
 
+    run = _Run(job, model, source, positions, alts, labels, picks, sum_window)
     if job.format == "npz":
-        return _run_npz(
-            job,
-            model,
-            source,
-            positions,
-            alts,
-            labels,
-            picks,
-            sum_window,
-            layouts,
-            spb,
+        _check_npz(job, source, positions, labels, picks, layouts)
+        with OutputLock(job.out):
+            _mode(job)
+            return _run_npz(run, spb, client, start)
+
+    # The content of every sequence, before any file is touched: what
+    # --resume checks, and what each batch is checked against as it is written.
+    digests = [onehot_digest(row) for _, x in source.batches(256) for row in x]
+    with OutputLock(job.out):
+        return _run_hdf5(run, meta, layouts, digests, spb, client, start)
+
+
+@dataclass
+class _Run:
+    """What a validated job scores: the model and source, and the
+    positions, alternatives and outputs."""
+
+    job: IsmJob
+    model: Model
+    source: Any
+    positions: np.ndarray
+    alts: np.ndarray
+    labels: list[str]
+    picks: list[int]
+    sum_window: tuple | None
+
+    def scored(self, batches, bar, client):
+        return _scored(
+            self.job,
+            self.model,
+            batches,
+            self.positions,
+            self.alts,
+            self.picks,
+            self.sum_window,
+            bar,
             client,
         )
 
-    if os.path.exists(job.out) and not (job.resume or job.force):
+
+def _resume_settings(job: IsmJob, results: ResultsFile) -> int:
+    """Batching and backend as the file was written, so each batch is
+    computed exactly as the interrupted run would have; a conflicting option
+    is refused. Returns the sequences per batch."""
+    how = results.how()
+    given = {
+        "seqs_per_batch": job.seqs_per_batch,
+        "batch_size": job.batch_size,
+        "memory_budget": job.memory_budget,
+    }
+    for key, value in given.items():
+        if value is not None and how[key] is not None and int(how[key]) != value:
+            raise InputError(
+                f"cannot resume '{results.path}': it was written with "
+                f"--{key.replace('_', '-')} {how[key]}, this run asks for {value}"
+            )
+    recorded = str(how["backend"] or "auto")
+    try:
+        engine = resolve_backend(recorded)
+    except IsmkernelError:
         raise InputError(
-            f"'{job.out}' exists; pass --resume to continue that run or --force to "
-            "overwrite it"
+            f"cannot resume '{results.path}': it was written with --backend "
+            f"{recorded}, which this installation does not have"
+        ) from None
+    if job.backend is not None and resolve_backend(job.backend) != engine:
+        raise InputError(
+            f"cannot resume '{results.path}': it was written with --backend "
+            f"{recorded}, this run asks for --backend {job.backend}; a resumed run "
+            "computes as the first one did, so drop --backend (or --force to "
+            "start over with the other backend)"
         )
-    if job.resume and os.path.exists(job.out):
+    job.batch_size = None if how["batch_size"] is None else int(how["batch_size"])
+    job.memory_budget = (
+        None if how["memory_budget"] is None else int(how["memory_budget"])
+    )
+    job.backend = recorded
+    return int(how["seqs_per_batch"])
+
+
+def _run_hdf5(
+    run: _Run,
+    meta: dict,
+    layouts: list[OutputLayout],
+    digests: list[bytes],
+    spb: int,
+    client: Any,
+    start: float,
+) -> dict:
+    """The HDF5 run proper, with ``OUT``'s lock held."""
+    job, source = run.job, run.source
+    out = job.out
+    mode = _mode(job)  # again: another run may have finished since
+    target = partial_path(out) if mode in ("partial", "beside") else out
+    results = None
+    if mode in ("partial", "in-place"):
         results = ResultsFile.open_to_resume(
-            job.out, meta, source.names, positions, alts
+            target, meta, source.names, digests, run.positions, run.alts
         )
-        # Batching and backend as the file was written, so each batch is
-        # computed exactly as the interrupted run would have.
-        how = results.how()
-        given = {
-            "seqs_per_batch": job.seqs_per_batch,
-            "batch_size": job.batch_size,
-            "memory_budget": job.memory_budget,
-        }
-        for key, value in given.items():
-            if value is not None and how[key] is not None and int(how[key]) != value:
-                results.close()
-                raise InputError(
-                    f"cannot resume '{job.out}': it was written with "
-                    f"--{key.replace('_', '-')} {how[key]}, this run asks for {value}"
-                )
-        spb = int(how["seqs_per_batch"])
-        job.batch_size = None if how["batch_size"] is None else int(how["batch_size"])
-        job.memory_budget = (
-            None if how["memory_budget"] is None else int(how["memory_budget"])
-        )
-        job.backend = str(how["backend"])
-    else:
-        results = ResultsFile.create(
-            job.out,
-            meta=meta,
-            names=source.names,
-            seq_len=seq_len,
-            positions=positions,
-            alternatives=alts,
-            labels=labels,
-            outputs=layouts,
-        )
-    start = time.perf_counter()
-    with results:
-        pending = results.pending()
-        # Whole batches of the original layout, so a resumed run computes
-        # each batch exactly as an uninterrupted one would.
-        # (All of the original batches but the file's last are full, so
-        # cutting the selection every spb sequences gives those batches.)
-        select = np.concatenate(
-            [
-                np.arange(b * spb, min((b + 1) * spb, len(source)))
-                for b in np.unique(pending // spb)
-            ]
-            or [np.zeros(0, dtype=np.int64)]
-        )
-        bar = _bar(job, len(select) * len(positions) * len(alts))
-        done = 0
         try:
-            with cluster_client(job.scheduler, job.workers, client) as client:
-                batches = source.batches(spb, select=select)
-                for idx, x, (refs, scores) in _scored(
-                    job, model, batches, positions, alts, picks, sum_window, bar, client
-                ):
-                    results.write(idx, x, refs, scores)
-                    done += len(idx)
-        finally:
-            if bar is not None:
-                bar.close()
-    seconds = time.perf_counter() - start
+            spb = _resume_settings(job, results)
+        except BaseException:
+            results.close()
+            raise
+        n_rows = len(results.pending())
+        job.writing, job.n_finished = target, len(source) - n_rows
+    else:
+        n_rows = len(source)
+        job.backend = job.backend or "auto"
+    try:
+        extra = 1 << 20 if results is None else 0  # names, metadata
+        check_space(
+            target,
+            results_bytes(n_rows, source.length, layouts) + extra,
+            f" for {n_rows} sequence(s)"
+            + (
+                f" (beside '{out}', which stays until it is done)"
+                if mode == "beside"
+                else ""
+            ),
+        )
+    except BaseException:
+        if results is not None:
+            results.close()
+        raise
+
+    pending = results.pending() if results is not None else np.arange(len(source))
+    # Whole batches of the original layout, so a resumed run computes each
+    # batch exactly as an uninterrupted one would. (All of the original
+    # batches but the file's last are full, so cutting the selection every
+    # spb sequences gives those batches.)
+    select = np.concatenate(
+        [
+            np.arange(b * spb, min((b + 1) * spb, len(source)))
+            for b in np.unique(pending // spb)
+        ]
+        or [np.zeros(0, dtype=np.int64)]
+    )
+    bar = _bar(job, len(select) * len(run.positions) * len(run.alts))
+    done = 0
+    created = False
+    try:
+        with cluster_client(job.scheduler, job.workers, client) as client:
+            batches = source.batches(spb, select=select)
+            for idx, x, (refs, scores) in run.scored(batches, bar, client):
+                if results is None:
+                    # Laid out only now: the first batch has been scored, so
+                    # whatever only a computation can refuse was refused
+                    # before any file was made.
+                    results = ResultsFile.create(
+                        target,
+                        meta=meta,
+                        names=source.names,
+                        digests=digests,
+                        seq_len=source.length,
+                        positions=run.positions,
+                        alternatives=run.alts,
+                        labels=run.labels,
+                        outputs=layouts,
+                    )
+                    created = True
+                    job.writing = target
+                    if target != partial_path(out):
+                        # A partial file of an earlier --force run: --force
+                        # started over and wrote OUT itself.
+                        remove_quietly(partial_path(out))
+                results.write(idx, x, refs, scores)
+                done += len(idx)
+                job.n_finished += len(idx)
+        if results is not None:
+            results.close()
+        if target != out:
+            publish(target, out)
+        job.writing = out
+    except BaseException as err:
+        _stop(job, results, created, target, err)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     job.summary = {
         "n_seqs": len(source),
         "scored": done,
         "skipped": len(source) - len(select),
-        "seconds": seconds,
-        "out": job.out,
+        "seconds": time.perf_counter() - start,
+        "out": out,
+        "continued": target if mode in ("partial", "in-place") else None,
     }
     return job.summary
+
+
+def _stop(job: IsmJob, results, created: bool, target: str, err: BaseException):
+    """Close the file of a run that stopped on ``err``. A full disk becomes an
+    :class:`OutputFileError` saying where the finished sequences are; a file
+    this run made that holds nothing is removed."""
+    n_done = job.n_finished
+    if results is not None:
+        with contextlib.suppress(Exception):
+            n_done = results.n_done()
+        with contextlib.suppress(Exception):
+            results.close()
+    job.n_finished = n_done
+    if isinstance(err, OSError) and is_no_space(err):
+        if results is None:
+            raise OutputFileError(
+                f"no space left on device; nothing was written to '{job.out}'; free "
+                "space and run again"
+            ) from None
+        kept = f" ('{job.out}' is untouched)" if target != job.out else ""
+        raise OutputFileError(
+            f"no space left on device; {n_done} sequences are finished in "
+            f"'{target}'{kept}; free space and --resume"
+        ) from None
+    if created and n_done == 0 and not isinstance(err, KeyboardInterrupt):
+        remove_quietly(target)
+        job.writing = None
 
 
 def progress_bar(total: int, unit: str = "mutant", desc: str = "ISM", quiet=False):
@@ -400,21 +742,8 @@ def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client
         yield idx, x, result
 
 
-def _run_npz(
-    job,
-    model,
-    source,
-    positions,
-    alts,
-    labels,
-    picks,
-    sum_window,
-    layouts,
-    spb,
-    client=None,
-):
-    """Scores as (n_seqs, 4, seq_len) for TF-MoDISco: one scalar output, every
-    position, alternatives A, C, G, T."""
+def _check_npz(job, source, positions, labels, picks, layouts) -> None:
+    """The npz layout's demands, and its room on the disk, before scoring."""
     if len(picks) != 1 or np.prod(layouts[0].reference_shape) != 1:
         raise InputError(
             "--format npz writes one score per position and base: choose one "
@@ -428,35 +757,41 @@ def _run_npz(
         )
     if job.reduce == "l2":
         raise InputError("--format npz needs a per-base reducer, not l2")
-    if os.path.exists(job.out) and not job.force:
-        raise InputError(f"'{job.out}' exists; pass --force to overwrite it")
+    n = len(source)
+    names = sum(len(name) for name in source.names) * 4 + 64 * n
+    check_space(job.out, 2 * n * 4 * source.length * 4 + names + (1 << 16))
+
+
+def _run_npz(run: _Run, spb: int, client: Any, start: float) -> dict:
+    """Scores as (n_seqs, 4, seq_len) for TF-MoDISco: one scalar output, every
+    position, alternatives A, C, G, T. Written whole at the end, under a
+    temporary name renamed over ``OUT``."""
+    job, source = run.job, run.source
+    job.backend = job.backend or "auto"
     n, length = len(source), source.length
     onehot = np.zeros((n, 4, length), dtype=np.float32)
     scores = np.zeros((n, 4, length), dtype=np.float32)
-    bar = _bar(job, n * len(positions) * 4)
+    bar = _bar(job, n * len(run.positions) * 4)
     try:
         with cluster_client(job.scheduler, job.workers, client) as client:
-            scored = list(
-                _scored(
-                    job,
-                    model,
-                    source.batches(spb),
-                    positions,
-                    alts,
-                    picks,
-                    sum_window,
-                    bar,
-                    client,
-                )
-            )
+            scored = list(run.scored(source.batches(spb), bar, client))
         for idx, x, (_, sc) in scored:
             onehot[idx] = x.transpose(0, 2, 1)
             scores[idx] = sc[0].reshape(len(idx), length, 4).transpose(0, 2, 1)
     finally:
         if bar is not None:
             bar.close()
-    tmp = job.out + ".tmp.npz"
-    np.savez(tmp, onehot=onehot, scores=scores, names=np.array(source.names))
-    os.replace(tmp, job.out)
-    job.summary = {"n_seqs": n, "scored": n, "skipped": 0, "out": job.out}
+    with atomic_file(job.out, " (an npz file is written whole at the end)") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, onehot=onehot, scores=scores, names=np.array(source.names))
+    job.writing = job.out
+    job.n_finished = n
+    job.summary = {
+        "n_seqs": n,
+        "scored": n,
+        "skipped": 0,
+        "seconds": time.perf_counter() - start,
+        "out": job.out,
+        "continued": None,
+    }
     return job.summary

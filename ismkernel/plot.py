@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from ismkernel.errors import BackendUnavailableError, InputError
+from ismkernel.io.output import atomic_file, check_output_path
 from ismkernel.io.results import load_results
 from ismkernel.io.sequences import ALPHABET
 from ismkernel.reduce import parse_range
@@ -33,20 +34,32 @@ def _matrix(entry: dict, name: str, task: int | None, n_alts: int) -> np.ndarray
     scores = np.asarray(entry["scores"], dtype=np.float64)
     axes = str(entry["axes"]).split(",")[1:]  # drop "seq"
     has_alt = "alternative" in axes
-    tail = scores.shape[2:] if has_alt else scores.shape[1:]
-    tail_axes = axes[2:] if has_alt else axes[1:]
-    if int(np.prod(tail)) != 1:
-        if task is None or "task" not in tail_axes or len(tail) != 1:
+    lead = 2 if has_alt else 1
+    tail = scores.shape[lead:]
+    tail_axes = axes[lead:]
+    if task is not None:
+        if "task" not in tail_axes:
             raise InputError(
-                f"output '{name}' has {int(np.prod(tail))} values per mutant "
-                f"(axes {','.join(tail_axes)}); plot one with --task, after scoring a "
-                "profile output with --sum-over"
+                f"--task {task}: output '{name}' has no task axis (axes "
+                f"{','.join(tail_axes) or 'none'})"
             )
-        if not 0 <= task < tail[0]:
-            raise InputError(f"--task {task} is out of range for {tail[0]} tasks")
-        scores = scores[..., task]
-    scores = scores.reshape(scores.shape[0], -1)
-    return scores
+        axis = tail_axes.index("task")
+        n_tasks = tail[axis]
+        if not 0 <= task < n_tasks:
+            raise InputError(
+                f"--task {task} is out of range for output '{name}' with {n_tasks} "
+                f"task(s) (0..{n_tasks - 1})"
+            )
+        scores = np.take(scores, task, axis=lead + axis)
+        tail = scores.shape[lead:]
+        tail_axes = tail_axes[:axis] + tail_axes[axis + 1 :]
+    if int(np.prod(tail)) != 1:
+        raise InputError(
+            f"output '{name}' has {int(np.prod(tail))} values per mutant "
+            f"(axes {','.join(tail_axes)}); plot one with --task, after scoring a "
+            "profile output with --sum-over"
+        )
+    return scores.reshape(scores.shape[0], -1)
 
 
 def _letter(ax, letter: str, x: float, bottom: float, height: float, color: str):
@@ -82,9 +95,11 @@ def plot_ism(
 ) -> str:
     """Plot sequence ``seq`` (name or index) of the results file ``path`` to
     ``out`` (``.png``, ``.svg`` or ``.pdf``); returns ``out``."""
-    out = os.fspath(out)
-    if os.path.splitext(out)[1].lower() not in FORMATS:
-        raise InputError(f"plot file '{out}' must end in one of {FORMATS}")
+    out = check_output_path(out, "plot file", FORMATS)
+    if task is not None and (
+        isinstance(task, bool) or not isinstance(task, (int, np.integer))
+    ):
+        raise InputError(f"task must be a channel index, got {task!r}")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -176,5 +191,8 @@ def plot_ism(
     logo_ax.set_xlabel("position")
     for side in ("top", "right"):
         logo_ax.spines[side].set_visible(False)
-    fig.savefig(out, dpi=150)
+    # Under a temporary name renamed over ``out``, so an existing figure is
+    # replaced whole or not at all.
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=150, format=os.path.splitext(out)[1][1:].lower())
     return out

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from ismkernel.errors import InputError
-from ismkernel.inputs import output_indices
+from ismkernel.inputs import check_memory_budget, output_indices
 from ismkernel.io.genome import Genome, Variant, read_vcf, window_for
+from ismkernel.io.output import atomic_file
 from ismkernel.io.sequences import ALPHABET, encode
 from ismkernel.ism import ism
 from ismkernel.model import Model, _from_ir
@@ -139,7 +140,7 @@ def score_variants(
     rc: bool = False,
     backend: str = "auto",
     batch_size: int | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     threads: int | None = None,
     windows_per_batch: int = 64,
     client: Any = None,
@@ -156,6 +157,7 @@ def score_variants(
             f"reduce={reduce!r} for variants: use one of {VARIANT_REDUCERS} (one "
             "alternative per variant leaves nothing to centre or norm over)"
         )
+    memory_budget = check_memory_budget(memory_budget, "memory_budget")
     variants = vcf if isinstance(vcf, list) else read_vcf(vcf)
     genome = genome if isinstance(genome, Genome) else Genome(genome)
     specs = model.graph.input_specs
@@ -196,6 +198,11 @@ def score_variants(
         names = model.output_names
         model = model.select_outputs([names[k] for k in output_indices(names, outputs)])
     picks = list(range(len(model.output_names)))
+    window = parse_range(sum_over, "sum_over")
+    axes = model.output_axes
+    for k in picks:  # tasks and sum_over fit every output, before any scoring
+        probe = np.zeros((1,) + tuple(axes[k].shape), np.float32)
+        select_output(probe, axes[k], 1, tasks, window)
 
     how = dict(
         backend=backend,
@@ -211,8 +218,6 @@ def score_variants(
     else:
         results = (_score_windows(model, x, *args) for x in batches())
 
-    window = parse_range(sum_over, "sum_over")
-    axes = model.output_axes
     refs: list[list] = [[] for _ in picks]
     muts: list[list] = [[] for _ in picks]
     for r, m in results:
@@ -224,17 +229,20 @@ def score_variants(
 
     n = len(variants)
     out_ref, out_alt, out_score = [], [], []
+    # (dtype given: a VCF with no records gives empty index arrays)
     win_index = np.array(
         [
             keys.get((v.chrom, v.pos), -1) if s == "scored" else -1
             for v, s in zip(variants, status)
-        ]
+        ],
+        dtype=np.int64,
     )
     alt_index = np.array(
         [
             ALPHABET.index(v.alt) if s == "scored" else 0
             for v, s in zip(variants, status)
-        ]
+        ],
+        dtype=np.int64,
     )
     ok = win_index >= 0
     for j, k in enumerate(picks):
@@ -283,7 +291,7 @@ def _columns(res: VariantScores) -> list[tuple[str, np.ndarray]]:
     for name, ref, alt, score in zip(
         res.output_names, res.reference, res.alternative, res.scores
     ):
-        flat = [a.reshape(len(a), -1) for a in (ref, alt, score)]
+        flat = [a.reshape(len(a), int(np.prod(a.shape[1:]))) for a in (ref, alt, score)]
         width = flat[0].shape[1]
         for i in range(width):
             suffix = f"[{i}]" if width > 1 else ""
@@ -297,8 +305,7 @@ def write_tsv(res: VariantScores, path: str) -> None:
     """One row per variant in VCF order: the VCF's columns, status, reason,
     then reference, alternative and score per output value."""
     cols = _columns(res)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         header = ["chrom", "pos", "id", "ref", "alt", "status", "reason"] + [
             c for c, _ in cols
         ]
@@ -320,7 +327,6 @@ def write_tsv(res: VariantScores, path: str) -> None:
                 )
                 + "\n"
             )
-    os.replace(tmp, path)
 
 
 def write_h5(res: VariantScores, path: str, meta: dict) -> None:
@@ -328,9 +334,10 @@ def write_h5(res: VariantScores, path: str, meta: dict) -> None:
     ``reference``, ``alternative`` and ``scores`` arrays."""
     import h5py
 
-    tmp = path + ".tmp"
+    from ismkernel.io.results import create_h5
+
     text = h5py.string_dtype()
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path) as tmp, create_h5(tmp) as f:
         f.attrs["format"] = "ismkernel-variants"
         for key, value in meta.items():
             f.attrs[key] = "none" if value is None else value
@@ -351,4 +358,4 @@ def write_h5(res: VariantScores, path: str, meta: dict) -> None:
             h["reference"] = ref
             h["alternative"] = alt
             h["scores"] = score
-    os.replace(tmp, path)
+        f.flush()

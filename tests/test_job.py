@@ -278,7 +278,8 @@ def test_npz_for_tf_modisco(tmp_path):
     ],
 )
 def test_bad_options_are_clear(tmp_path, args, match):
-    proc = _cli("ism", "--example", "-o", tmp_path / "o.h5", *args, check=False)
+    out = tmp_path / ("o.npz" if "npz" in args else "o.h5")
+    proc = _cli("ism", "--example", "-o", out, *args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr
 
@@ -372,3 +373,24 @@ def test_sum_over_computes_only_the_summed_rows_and_matches_the_api(tmp_path):
     got = res["outputs"]["slice_1"]["scores"]
     assert got.shape == want.shape == (2, 64, 4, 1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_plot_task_is_checked_against_the_output():
+    from ismkernel.plot import _matrix
+
+    entry = {"scores": np.zeros((5, 4, 3)), "axes": "seq,position,alternative,task"}
+    assert _matrix(entry, "y", 2, 4).shape == (5, 4)
+    with pytest.raises(
+        ismkernel.InputError,
+        match=r"--task 3 is out of range for output 'y' with 3 task\(s\) \(0\.\.2\)",
+    ):
+        _matrix(entry, "y", 3, 4)
+    with pytest.raises(ismkernel.InputError, match="plot one with --task"):
+        _matrix(entry, "y", None, 4)
+    flat = {"scores": np.zeros((5, 4, 1)), "axes": "seq,position,alternative,out0"}
+    with pytest.raises(
+        ismkernel.InputError, match="--task 0: output 'y' has no task axis"
+    ):
+        _matrix(flat, "y", 0, 4)
+    with pytest.raises(ismkernel.InputError, match="task must be a channel index"):
+        ismkernel.plot_ism("x.h5", 0, "x.png", task="1")

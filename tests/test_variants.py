@@ -379,3 +379,37 @@ def test_gzipped_vcf_reads_the_same(files):
     ):
         dst.write(src.read())
     assert read_vcf(files / "v.vcf.gz") == read_vcf(files / "variants.vcf")
+
+
+def test_header_only_vcf_scores_to_an_empty_result(files, model):
+    vcf = files / "header.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n")
+    res = score_variants(model, vcf, files / "genome.fa", memory_budget="256M")
+    assert res.variants == [] and res.stats["n_scored"] == 0
+    assert res.scores[0].shape == (0, 1)
+    write_tsv(res, str(files / "empty.tsv"))
+    assert len((files / "empty.tsv").read_text().splitlines()) == 1
+
+
+def test_genome_reads_are_checked(files, monkeypatch):
+    from ismkernel.io.genome import Genome, RegionSource
+
+    genome = Genome(files / "genome.fa")
+    with pytest.raises(
+        InputError,
+        match=r"gave 10 bases for chr1:\[1190, 1210\) instead of 20; its index "
+        r"'.*genome\.fa\.fai' does not match it",
+    ):
+        genome.fetch("chr1", 1190, 1210)
+    with pytest.raises(InputError, match="is a directory, not a FASTA file"):
+        Genome(files)
+
+    def broken(self, chrom, start, end):
+        raise InputError("broken read")
+
+    monkeypatch.setattr(Genome, "fetch", broken)
+    source = RegionSource(files / "regions.bed", files / "genome.fa", L)
+    with pytest.raises(
+        InputError, match=r"'.*regions\.bed' line 1: region 'ap1_region': broken read"
+    ):
+        list(source.batches(2))

@@ -7,6 +7,7 @@ Layout (``n`` sequences, ``P`` positions, ``A`` alternatives)::
                            reduce, tasks, sum_over, backend, center, n_as,
                            seqs_per_batch, batch_size, memory_budget, created
     /names                 (n,)       sequence names
+    /digests               (n,)       digest of each sequence's one-hot rows
     /positions             (P,)       int64, 0-based
     /alternatives          (A, 4)     float32 rows; attrs labels ("A", "N", ...)
     /onehot                (n, L, 4)  float32, the sequences as scored
@@ -14,12 +15,21 @@ Layout (``n`` sequences, ``P`` positions, ``A`` alternatives)::
     /outputs/<name>/reference  (n, *out)          attrs name, axes
     /outputs/<name>/scores     (n, P, A, *out) or (n, P, *out) for l2
 
-Every dataset is contiguous and allocated when the file is created, so the
-file's structure is complete and written before any score is computed; later
-writes only fill allocated rows, then set ``done`` and flush. A run killed at
-any moment (Ctrl-C, ``kill -9``) leaves a valid file in which the rows marked
-done are complete; rows not marked done are undefined. Resuming recomputes
-exactly the batches not marked done, with the batch layout the file records.
+The file is laid out under a temporary name (``OUT.tmp``) and renamed into
+place once its structure is complete and on disk, so a run killed at any
+instant leaves no file or a valid one. Every dataset is contiguous and placed
+when the file is created, with no fill: the file has its final length from
+the start, but on most file systems the unwritten rows are holes that take
+no disk space until written (a sparse file). A run then only writes rows
+into their places, then sets ``done`` and flushes; nothing else in the file
+changes, so an interruption cannot leave the structure half written. Rows
+not marked done are undefined. Resuming recomputes exactly the batches not
+marked done, with the batch layout the file records, after checking that
+the input's sequences have the recorded digests (``digests`` are written
+with the layout, so even unfinished rows are checked).
+
+Format version 1 files (no ``digests``) resume with their finished rows
+checked against the stored one-hot sequences.
 """
 
 from __future__ import annotations
@@ -34,11 +44,20 @@ import h5py
 import numpy as np
 
 from ismkernel.errors import InputError
+from ismkernel.io.output import publish, remove_quietly
 
-__all__ = ["ResultsFile", "OutputLayout", "sha256", "FORMAT"]
+__all__ = [
+    "ResultsFile",
+    "OutputLayout",
+    "sha256",
+    "FORMAT",
+    "onehot_digest",
+    "results_bytes",
+]
 
 FORMAT = "ismkernel-ism"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_DIGEST_SIZE = 16  # bytes of BLAKE2b; stored as 32 hex characters
 
 #: What a run computes: a resumed run must agree with the file on these.
 RUN_KEYS = (
@@ -64,6 +83,17 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def onehot_digest(x: np.ndarray) -> bytes:
+    """Digest of one sequence's one-hot rows as scored, ``(seq_len, 4)``:
+    what ``--resume`` compares, so a changed input is refused even where its
+    names are the same."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h.update(repr(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest().encode()
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """One model output as stored: its name, the shape of one sequence's
@@ -73,6 +103,17 @@ class OutputLayout:
     reference_shape: tuple
     scores_shape: tuple
     axes: str
+
+
+def results_bytes(n_rows: int, seq_len: int, outputs: list[OutputLayout]) -> int:
+    """Bytes the rows of ``n_rows`` sequences take in a results file: what a
+    run writes into its holes."""
+    per_row = 4 * seq_len * 4 + 2 * _DIGEST_SIZE + 1
+    for out in outputs:
+        per_row += 4 * (
+            int(np.prod(out.reference_shape)) + int(np.prod(out.scores_shape))
+        )
+    return n_rows * per_row
 
 
 def _group_name(name: str) -> str:
@@ -87,6 +128,31 @@ def _early() -> h5py.h5p.PropDCID:
     return dcpl
 
 
+def _fapl(earliest: bool = False) -> h5py.h5p.PropFAID:
+    """File access for writing results. Raw data goes straight to the file,
+    not through HDF5's sieve buffer: a buffered write that fails (a full
+    disk) surfaces only when the dataset is closed, where h5py can merely
+    print it, and the rows would be marked done without their data."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_sieve_buf_size(0)
+    if earliest:
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    return fapl
+
+
+def create_h5(path: str) -> h5py.File:
+    """A new HDF5 file at ``path`` (truncated if it exists), written
+    without the sieve buffer (see :func:`_fapl`) so every failed write
+    raises where it happens."""
+    fid = h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=_fapl(True))
+    return h5py.File(fid)
+
+
+def _open_rw(path: str) -> h5py.File:
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, _fapl()))
+
+
 def _attr(value):
     if value is None:
         return "none"
@@ -98,9 +164,11 @@ def _attr(value):
 class ResultsFile:
     """An open results file (see the module docstring for its layout)."""
 
-    def __init__(self, f: h5py.File):
+    def __init__(self, f: h5py.File, path: str | None = None):
         self.f = f
-        self.path = f.filename
+        self.path = path or f.filename
+        self.names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][:]]
+        self.digests = f["digests"][:] if "digests" in f else None
 
     @classmethod
     def create(
@@ -109,51 +177,69 @@ class ResultsFile:
         *,
         meta: dict,
         names: list[str],
+        digests: list[bytes],
         seq_len: int,
         positions: np.ndarray,
         alternatives: np.ndarray,
         labels: list[str],
         outputs: list[OutputLayout],
     ) -> ResultsFile:
+        """Lay the file out under ``path + ".tmp"``, rename it to ``path``
+        once complete, and open it to be filled."""
         from ismkernel import __version__
 
-        f = h5py.File(path, "w", libver="earliest")
+        tmp = path + ".tmp"
+        remove_quietly(tmp)
         try:
-            n = len(names)
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["ismkernel_version"] = __version__
-            f.attrs["alphabet"] = "ACGT"
-            f.attrs["created"] = datetime.datetime.now(
-                datetime.timezone.utc
-            ).isoformat()
-            for key, value in meta.items():
-                f.attrs[key] = _attr(value)
-            f.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
-            f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
-            alts = f.create_dataset(
-                "alternatives", data=alternatives.astype(np.float32)
-            )
-            alts.attrs["labels"] = json.dumps(labels)
-            shapes = {"onehot": (n, seq_len, 4), "done": (n,)}
-            f.create_dataset("onehot", shapes["onehot"], np.float32, dcpl=_early())
-            f.create_dataset("done", data=np.zeros(n, dtype=np.uint8))
-            group = f.create_group("outputs")
-            for out in outputs:
-                g = group.create_group(_group_name(out.name))
-                g.attrs["name"] = out.name
-                g.attrs["axes"] = out.axes
-                g.create_dataset(
-                    "reference", (n,) + out.reference_shape, np.float32, dcpl=_early()
+            with create_h5(tmp) as f:
+                n = len(names)
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["ismkernel_version"] = __version__
+                f.attrs["alphabet"] = "ACGT"
+                f.attrs["created"] = datetime.datetime.now(
+                    datetime.timezone.utc
+                ).isoformat()
+                for key, value in meta.items():
+                    f.attrs[key] = _attr(value)
+                f.create_dataset(
+                    "names", data=np.array(names, dtype=h5py.string_dtype())
                 )
-                g.create_dataset(
-                    "scores", (n,) + out.scores_shape, np.float32, dcpl=_early()
+                f.create_dataset(
+                    "digests", data=np.array(digests, dtype=f"S{2 * _DIGEST_SIZE}")
                 )
-            f.flush()
+                f.create_dataset(
+                    "positions", data=np.asarray(positions, dtype=np.int64)
+                )
+                alts = f.create_dataset(
+                    "alternatives", data=alternatives.astype(np.float32)
+                )
+                alts.attrs["labels"] = json.dumps(labels)
+                f.create_dataset("onehot", (n, seq_len, 4), np.float32, dcpl=_early())
+                f.create_dataset("done", data=np.zeros(n, dtype=np.uint8))
+                group = f.create_group("outputs")
+                for out in outputs:
+                    g = group.create_group(_group_name(out.name))
+                    g.attrs["name"] = out.name
+                    g.attrs["axes"] = out.axes
+                    g.create_dataset(
+                        "reference",
+                        (n,) + out.reference_shape,
+                        np.float32,
+                        dcpl=_early(),
+                    )
+                    g.create_dataset(
+                        "scores", (n,) + out.scores_shape, np.float32, dcpl=_early()
+                    )
+                f.flush()  # raises here, where a failure at close may not
+            with h5py.File(tmp, "r") as f:  # complete before it takes the name
+                if f["digests"].shape != (n,) or f["done"][:].any():
+                    raise OSError(f"laying out '{tmp}' failed")
+            publish(tmp, path)
         except BaseException:
-            f.close()
+            remove_quietly(tmp)
             raise
-        return cls(f)
+        return cls(_open_rw(path), path)
 
     @classmethod
     def open_to_resume(
@@ -161,29 +247,45 @@ class ResultsFile:
         path: str,
         meta: dict,
         names: list[str],
+        digests: list[bytes],
         positions: np.ndarray,
         alternatives: np.ndarray,
     ) -> ResultsFile:
         """Open ``path`` to continue the run ``meta`` describes, after checking
-        that it is that run."""
+        that it is that run, on the same sequences (by content)."""
+        again = "rerun with --force to start it over, or write to another file"
         try:
-            f = h5py.File(path, "r+")
+            f = _open_rw(path)
         except OSError as err:
-            raise InputError(f"cannot open '{path}' to resume it: {err}") from None
+            if "lock" in str(err).lower():
+                raise InputError(
+                    f"cannot resume '{path}': another program has it open (HDF5's "
+                    "file lock); close it and retry"
+                ) from None
+            raise InputError(
+                f"cannot resume '{path}': it is not a readable HDF5 file ({err}); "
+                f"{again}"
+            ) from None
         try:
-            if f.attrs.get("format") != FORMAT:
-                raise InputError(f"'{path}' is not an ismkernel results file")
+            if f.attrs.get("format") != FORMAT or "done" not in f:
+                raise InputError(
+                    f"cannot resume '{path}': it is not an ismkernel ISM results "
+                    f"file; {again}"
+                )
+            version = int(f.attrs.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise InputError(
+                    f"cannot resume '{path}': it was written by a newer ismkernel "
+                    f"(file format {version}); resume it with that version"
+                )
             for key in RUN_KEYS:
                 if key in meta and f.attrs.get(key) != _attr(meta[key]):
                     raise InputError(
                         f"cannot resume '{path}': it was written with {key}="
                         f"{f.attrs.get(key)!r}, this run has {_attr(meta[key])!r}"
                     )
-            stored = [n.decode() if isinstance(n, bytes) else n for n in f["names"][:]]
-            if stored != list(names):
-                raise InputError(
-                    f"cannot resume '{path}': its sequences are not those of the input"
-                )
+            results = cls(f, path)
+            results._check_sequences(names, digests)
             for key, value in (
                 ("positions", positions),
                 ("alternatives", alternatives),
@@ -196,7 +298,38 @@ class ResultsFile:
         except BaseException:
             f.close()
             raise
-        return cls(f)
+        return results
+
+    def _check_sequences(self, names: list[str], digests: list[bytes]) -> None:
+        """The input's sequences are the file's: same names in the same order
+        and the same one-hot content (the recorded digests; in a version 1
+        file, the finished rows)."""
+        path = self.path
+        again = "rerun with --force to start it over, or write to another file"
+        if len(names) != len(self.names):
+            raise InputError(
+                f"cannot resume '{path}': it holds {len(self.names)} sequences, "
+                f"the input {len(names)}; {again}"
+            )
+        for i, (have, want) in enumerate(zip(self.names, names)):
+            if have != want:
+                raise InputError(
+                    f"cannot resume '{path}': sequence {i + 1} is '{want}' in the "
+                    f"input but '{have}' in the file; {again}"
+                )
+        if self.digests is not None:
+            recorded = list(self.digests)
+            rows = range(len(names))
+        else:
+            rows = np.flatnonzero(self.f["done"][:])
+            recorded = [onehot_digest(self.f["onehot"][i]) for i in rows]
+        for i, have in zip(rows, recorded):
+            if have != digests[i]:
+                raise InputError(
+                    f"cannot resume '{path}': sequence '{names[i]}' (number "
+                    f"{i + 1}) differs from the one this file was started with "
+                    f"(same name, other bases): the input changed; {again}"
+                )
 
     def how(self) -> dict:
         """The batching and backend settings the file was written with."""
@@ -210,6 +343,9 @@ class ResultsFile:
         """Indices of the sequences not written yet."""
         return np.flatnonzero(self.f["done"][:] == 0)
 
+    def n_done(self) -> int:
+        return int(self.f["done"][:].sum())
+
     def outputs(self) -> list[h5py.Group]:
         return list(self.f["outputs"].values())
 
@@ -220,8 +356,21 @@ class ResultsFile:
         references: list[np.ndarray],
         scores: list[np.ndarray],
     ) -> None:
-        """Write the rows of sequences ``index`` (sorted), then mark them done."""
+        """Write the rows of sequences ``index`` (sorted), then mark them done.
+        Rows whose sequence is not the one recorded at layout (the input file
+        changed while the run read it) are refused before anything is
+        written."""
         index = np.asarray(index)
+        if self.digests is not None:
+            for i, row in zip(index, onehot):
+                if onehot_digest(row) != self.digests[i]:
+                    raise InputError(
+                        f"sequence '{self.names[i]}' (number {i + 1}) read now "
+                        "differs from the same sequence read when the run started: "
+                        f"the input changed during the run. '{self.path}' keeps the "
+                        f"{self.n_done()} sequences finished before; rerun with "
+                        "--force"
+                    )
         sel = (
             slice(int(index[0]), int(index[-1]) + 1)
             if np.all(np.diff(index) == 1)
@@ -252,13 +401,26 @@ def load_results(path: str | os.PathLike, seq: int | str | None = None) -> dict:
     ``onehot``, ``done``, ``attrs``, ``index`` (the row read, or None) and
     ``outputs`` (name to ``{"reference", "scores", "axes"}``)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(
+            f"results file '{path}' "
+            + ("is a directory" if os.path.isdir(path) else "does not exist")
+        )
     try:
-        f = h5py.File(path, "r")
+        # Without HDF5's lock, so a running job's finished rows can be read:
+        # its writer changes no metadata after the layout, only rows and flags.
+        f = h5py.File(path, "r", locking=False)
     except OSError as err:
-        raise InputError(f"cannot open results file '{path}': {err}") from None
+        raise InputError(
+            f"cannot open results file '{path}': it is not a readable HDF5 file ({err})"
+        ) from None
     with f:
         if f.attrs.get("format") != FORMAT:
-            raise InputError(f"'{path}' is not an ismkernel results file")
+            kind = f.attrs.get("format")
+            raise InputError(
+                f"'{path}' is not an ismkernel ISM results file"
+                + (f" (it is {kind!r})" if isinstance(kind, str) else "")
+            )
         names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][:]]
         done = f["done"][:].astype(bool)
         row: int | slice = slice(None)
