@@ -1,6 +1,16 @@
 """ismkernel: exact, fast in-silico saturation mutagenesis of convolutional
 sequence models, read from weight files, with no deep-learning framework."""
 
+from ismkernel.analyses import (
+    DesignResult,
+    Objective,
+    PairwiseResult,
+    ScanResult,
+    design,
+    pairwise,
+    scan,
+    shuffles,
+)
 from ismkernel.errors import (
     BackendUnavailableError,
     InputError,
@@ -21,16 +31,24 @@ __all__ = [
     "EXAMPLE_FASTA",
     "EXAMPLE_MODEL",
     "BackendUnavailableError",
+    "DesignResult",
     "InputError",
     "IsmResult",
     "IsmkernelError",
     "IsmkernelWarning",
     "Model",
     "ModelFileError",
+    "Objective",
+    "PairwiseResult",
+    "ScanResult",
     "ShapeError",
     "UnsupportedLayerError",
     "__version__",
+    "design",
     "ism",
     "load_model",
+    "pairwise",
     "plot_ism",
+    "scan",
+    "shuffles",
 ]

@@ -19,6 +19,7 @@ from ismkernel.inputs import (
     seq_input_index,
 )
 from ismkernel.model import Model, _from_ir
+from ismkernel.plan import Edits
 from ismkernel.plan.intervals import EMPTY, hull
 from ismkernel.reduce import (
     REDUCERS,
@@ -30,7 +31,7 @@ from ismkernel.reduce import (
     select_output,
 )
 
-__all__ = ["ism", "IsmResult", "IsmRun"]
+__all__ = ["ism", "IsmResult", "IsmRun", "EditRun"]
 
 
 @dataclass
@@ -228,22 +229,22 @@ def ism(
     return result
 
 
-class IsmRun:
-    """ISM of one model with fixed options, over any number of batches of
-    sequences: the plan is built once per input shape (in practice once per
-    job) and reused, with its device constants.
+class EditRun:
+    """Edits of one model's mutated input with fixed options, over any number
+    of batches of sequences: the plan is built once per input shape (in
+    practice once per job) and reused, with its device constants.
 
-    Parameters are those of :func:`ism`. Calling the run on sequences
-    ``x`` returns an :class:`IsmResult`; with ``keep_outputs=False`` and a
-    ``reduce``, only scores are kept, reduced by the backend as it goes.
+    Subclasses say which edits (:meth:`edits`); :class:`IsmRun` makes point
+    mutations. Options are those of :func:`ism`.
     """
+
+    #: The progress bar's label.
+    label = "edits"
 
     def __init__(
         self,
         model: Model,
         *,
-        alternatives: Any = None,
-        positions: Any = None,
         seq_input: str | int | None = None,
         backend: str = "auto",
         batch_size: int | None = None,
@@ -257,8 +258,6 @@ class IsmRun:
         self.backend = get_backend(self.backend_name)
         self.dtype = check_dtype(dtype)
         self.model = model
-        self.alternatives = alternatives
-        self.positions = positions
         self.seq_input = seq_input
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.memory_budget = check_positive_int(memory_budget, "memory_budget")
@@ -266,6 +265,11 @@ class IsmRun:
         self.output_rows = output_rows
         self.early_exit = None if early_exit is None else bool(early_exit)
         self._plans: dict[tuple, tuple] = {}
+
+    def edits(self, seq: np.ndarray) -> Edits:
+        """The edits for mutated-input sequences ``seq`` ``(n_seqs, seq_len,
+        n_channels)``, validated; called once per input shape."""
+        raise NotImplementedError
 
     def plan_for(self, x: Any):
         """``(model, feeds, index, plan, rows)`` for sequences ``x``: the plan
@@ -276,23 +280,35 @@ class IsmRun:
         feeds = model.feeds(x, self.dtype)
         key = tuple(f.shape[1:] for f in feeds) + (id(model),)
         if key not in self._plans:
-            seq = feeds[index]
-            pos = check_positions(self.positions, seq.shape[1])
-            alts = check_alternatives(self.alternatives, seq.shape[2], self.dtype)
+            edits = self.edits(feeds[index])
             rows = _output_rows(model, self.output_rows)
             graph = model.graph
             plan = self.backend.plan(
                 graph,
                 graph.inputs[index],
                 {name: f.shape[1:] for name, f in zip(graph.inputs, feeds)},
-                pos,
+                edits.starts,
                 itemsize=self.dtype.itemsize,
                 output_rows=_node_rows(model, rows),
-                alternatives=alts,
+                edits=edits,
             )
             self._plans[key] = (model, index, plan, rows)
         model, index, plan, rows = self._plans[key]
         return model, feeds, index, plan, rows
+
+    def score_sink(self, model, rows, reduce, tasks, sum_over, picks=None) -> ScoreSink:
+        """A sink reducing ``model``'s outputs (``picks``: some of them) as
+        chunks finish."""
+        perms = model.output_perms
+        return ScoreSink(
+            reduce,
+            model.output_axes,
+            lambda k, a, lead: _from_ir(a, perms[k], lead),
+            tasks=tasks,
+            sum_over=parse_range(sum_over, "sum_over"),
+            rows=rows,
+            picks=picks,
+        )
 
     def __call__(
         self,
@@ -304,8 +320,8 @@ class IsmRun:
         sum_over: Any = None,
         keep_outputs: bool = True,
     ) -> IsmResult:
-        """ISM of ``x``. With ``keep_outputs=False``, ``reduce`` is computed
-        by the backend as chunks finish (on ``tasks``, summed over
+        """Every edit of ``x``. With ``keep_outputs=False``, ``reduce`` is
+        computed by the backend as chunks finish (on ``tasks``, summed over
         ``sum_over``) and ``outputs`` is None; otherwise every output is kept
         and ``reduce`` is computed from them."""
         model, feeds, index, plan, rows = self.plan_for(x)
@@ -316,38 +332,8 @@ class IsmRun:
         else:
             if reduce is None:
                 raise InputError("keep_outputs=False needs a reducer (reduce=...)")
-            perms = model.output_perms
-            sink = ScoreSink(
-                reduce,
-                model.output_axes,
-                lambda k, a, lead: _from_ir(a, perms[k], lead),
-                tasks=tasks,
-                sum_over=parse_range(sum_over, "sum_over"),
-                rows=rows,
-            )
-        bar = None
-        update = progress if callable(progress) else None
-        n_mutants = feeds[index].shape[0] * len(plan.positions) * len(plan.alternatives)
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_mutants, unit="mutant", desc="ISM")
-            update = bar.update
-        try:
-            run = self.backend.run(
-                plan,
-                feeds,
-                sink,
-                batch_size=self.batch_size,
-                memory_budget=self.memory_budget,
-                threads=self.threads,
-                progress=update,
-                early_exit=self.early_exit,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        stats = run.as_dict() if self.backend_name != "reference" else {}
+            sink = self.score_sink(model, rows, reduce, tasks, sum_over)
+        run = self.run_plan(plan, feeds, sink, progress)
         specs = model.graph.input_specs
         if keep_outputs:
             reference = model.from_ir(sink.reference, 1)
@@ -362,13 +348,72 @@ class IsmRun:
             output_names=model.output_names,
             seq_input=specs[index].name,
             backend=self.backend_name,
-            stats=stats,
+            stats=run,
             axes=model.output_axes,
         )
         if not keep_outputs:
             result.scores = sink.scores
             result.score_reference = sink.reference
         return result
+
+    def run_plan(
+        self, plan, feeds, sink, progress: Any = False, state: Any = None
+    ) -> dict:
+        """Run ``plan`` on ``feeds`` into ``sink`` with a progress bar (or
+        callable); returns the run's stats. ``state``: reference activations
+        kept from an earlier pass (incremental backends)."""
+        bar = None
+        update = progress if callable(progress) else None
+        seq = feeds[plan.graph.inputs.index(plan.seq_input)]
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            total = seq.shape[0] * plan.edits.n_sites * plan.edits.n_variants
+            bar = tqdm(total=total, unit="mutant", desc=self.label)
+            update = bar.update
+        try:
+            run = self.backend.run(
+                plan,
+                feeds,
+                sink,
+                batch_size=self.batch_size,
+                memory_budget=self.memory_budget,
+                threads=self.threads,
+                progress=update,
+                early_exit=self.early_exit,
+                **({} if state is None else {"state": state}),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        return run.as_dict() if self.backend_name != "reference" else {}
+
+
+class IsmRun(EditRun):
+    """ISM of one model with fixed options, over any number of batches of
+    sequences (see :class:`EditRun`); parameters are those of :func:`ism`.
+    Calling the run on sequences ``x`` returns an :class:`IsmResult`; with
+    ``keep_outputs=False`` and a ``reduce``, only scores are kept, reduced
+    by the backend as it goes."""
+
+    label = "ISM"
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        alternatives: Any = None,
+        positions: Any = None,
+        **options,
+    ):
+        super().__init__(model, **options)
+        self.alternatives = alternatives
+        self.positions = positions
+
+    def edits(self, seq: np.ndarray) -> Edits:
+        pos = check_positions(self.positions, seq.shape[1])
+        alts = check_alternatives(self.alternatives, seq.shape[2], self.dtype)
+        return Edits.point(pos, alts)
 
 
 def _ism_chunk(model: Model, feeds: list[np.ndarray], kwargs: dict) -> IsmResult:

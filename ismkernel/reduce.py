@@ -230,6 +230,8 @@ class ScoreSink:
         As :func:`select_output`.
     rows : dict of int to (start, end), optional
         Computed rows of output ``k`` (IR length axis); others count as NaN.
+    picks : list of int, optional
+        The outputs scored (default all); the others' ``scores`` are None.
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class ScoreSink:
         tasks: Any = None,
         sum_over: tuple[int, int] | None = None,
         rows: dict[int, tuple[int, int]] | None = None,
+        picks: list[int] | None = None,
     ):
         if kind not in REDUCERS:
             raise InputError(f"reduce must be one of {REDUCERS}, got {kind!r}")
@@ -250,6 +253,7 @@ class ScoreSink:
         self.tasks = tasks
         self.sum_over = sum_over
         self.rows = dict(rows or {})
+        self.picks = None if picks is None else set(picks)
         self.scores: list = []
         self.reference: list = []
         self._block: list = []
@@ -268,6 +272,11 @@ class ScoreSink:
             xp.empty((n_seqs,) + tuple(s), dtype=dtype) for s in shapes
         ]
         for k, shape in enumerate(shapes):
+            if self.picks is not None and k not in self.picks:
+                self.sel.append(None)
+                self.scores.append(None)
+                self.reference.append(None)
+                continue
             probe = self._select(k, np.zeros((1,) + tuple(shape), dtype=dtype), 1)
             sel = tuple(probe.shape[1:])
             self.sel.append(sel)
@@ -281,6 +290,9 @@ class ScoreSink:
         self._block = []
         for k, r in enumerate(refs):
             self.full_reference[k][b0:b1] = r
+            if self.sel[k] is None:
+                self._block.append(None)
+                continue
             ref = self._select(k, r, 1)
             self.reference[k][b0:b1] = ref
             block = self.xp.empty(
@@ -290,6 +302,8 @@ class ScoreSink:
             self._block.append(block)
 
     def write(self, k: int, seq, pos, alt, values) -> None:
+        if self._block[k] is None:
+            return
         if k in self.rows:  # rows not computed count as NaN, never stale
             start, end = self.rows[k]
             values = values.copy()
@@ -299,6 +313,8 @@ class ScoreSink:
 
     def end_block(self, b0: int, b1: int) -> None:
         for k, block in enumerate(self._block):
+            if block is None:
+                continue
             self.scores[k][b0:b1] = reduce_scores(
                 block, self.reference[k][b0:b1], self.kind, self.axes[k].name
             )

@@ -31,10 +31,18 @@ import numpy as np
 from ismkernel.errors import InputError, UnsupportedLayerError
 from ismkernel.ir import Graph, Node, pool_padding
 from ismkernel.ir import nodes as ops
-from ismkernel.plan import Plan, build_plan
+from ismkernel.plan import Edits, Plan, build_plan
 from ismkernel.plan.planner import conv_left
 
-__all__ = ["Backend", "RunStats", "walk", "conv_col2im"]
+__all__ = [
+    "Backend",
+    "RefState",
+    "RunStats",
+    "commit",
+    "conv_col2im",
+    "reference_state",
+    "walk",
+]
 
 
 @dataclasses.dataclass
@@ -94,6 +102,7 @@ class Backend:
         itemsize: int = 4,
         output_rows: dict[str, tuple[int, int]] | None = None,
         alternatives: np.ndarray | None = None,
+        edits: Edits | None = None,
     ) -> Plan:
         """The device-neutral plan, lowered with this device's tactics."""
         plan = build_plan(
@@ -104,6 +113,7 @@ class Backend:
             itemsize=itemsize,
             output_rows=output_rows,
             alternatives=alternatives,
+            edits=edits,
         )
         self.lower(plan)
         plan.device = self.name
@@ -124,6 +134,7 @@ class Backend:
         threads: int | None = None,
         progress: Callable[[int], None] | None = None,
         early_exit: bool | None = None,
+        state: RefState | None = None,
     ) -> RunStats:
         """Every mutant of ``plan`` for the sequences ``feeds`` (IR layout),
         into ``sink``; ``batch_size`` mutants per chunk (see :func:`walk`)."""
@@ -142,6 +153,7 @@ class Backend:
             threads=threads,
             progress=progress,
             early_exit=early_exit,
+            state=state,
         )
 
     # -- device hooks ----------------------------------------------------
@@ -213,7 +225,6 @@ class _Prepared:
         self.dense_rows: dict[str, Any] = {}
         self.valid_conv: dict[str, Node] = {}
         graph = plan.graph
-        alternatives = np.asarray(plan.alternatives, dtype=dtype)
         for name, node in graph.nodes.items():
             p = plan.nodes[name]
             op = node.op
@@ -236,9 +247,10 @@ class _Prepared:
                     kernel=kernel,
                 )
                 if p.strategy == "lookup":
+                    rows = np.asarray(plan.edits.variant_rows(), dtype=dtype)
                     info["alt_taps"] = dev.gemm(
-                        dev.asarray(alternatives), info["mats"][0]
-                    ).reshape(len(alternatives), op.kernel_size, op.n_filters)
+                        dev.asarray(rows), info["mats"][0]
+                    ).reshape(len(rows), op.kernel_size, op.n_filters)
                 if p.strategy == "window":
                     self.valid_conv[name] = dataclasses.replace(
                         node,
@@ -272,9 +284,14 @@ def _prepared(dev: Backend, plan: Plan, dtype: np.dtype) -> _Prepared:
 def _block_refs(dev: Backend, plan: Plan, feeds: Sequence) -> tuple[dict, dict]:
     """Reference activations of every node for a block of sequences, and the
     prefix and suffix maxima global max pooling reads."""
+    values = dev.evaluate(plan.graph, feeds)
+    return values, _extras(dev, plan, values)
+
+
+def _extras(dev: Backend, plan: Plan, values: dict) -> dict:
+    """Prefix and suffix maxima of the inputs of global max poolings."""
     xp = dev.xp
     graph = plan.graph
-    values = dev.evaluate(graph, feeds)
     extras = {}
     for name, p in plan.nodes.items():
         if p.strategy == "global-max":
@@ -285,7 +302,91 @@ def _block_refs(dev: Backend, plan: Plan, feeds: Sequence) -> tuple[dict, dict]:
             suf = xp.full((n, length + 1, ch), -np.inf, dtype=x.dtype)
             suf[:, :-1] = xp.maximum.accumulate(x[:, ::-1], axis=1)[:, ::-1]
             extras[name] = (pre, suf)
-    return values, extras
+    return extras
+
+
+@dataclasses.dataclass
+class RefState:
+    """Reference activations of every node for a set of sequences, with what
+    global max pooling reads, kept across runs (design rounds): a committed
+    edit changes them only inside its windows."""
+
+    values: dict
+    extras: dict
+
+    def take(self, rows: np.ndarray, dev: Backend) -> RefState:
+        """The state of sequences ``rows`` (copies)."""
+        idx = dev.asarray(np.asarray(rows, dtype=np.int64))
+        values = {k: v[idx] for k, v in self.values.items()}
+        extras = {k: (a[idx], b[idx]) for k, (a, b) in self.extras.items()}
+        return RefState(values, extras)
+
+
+def reference_state(dev: Backend, plan: Plan, feeds: Sequence) -> RefState:
+    """The dense reference pass of ``feeds``, kept for later runs."""
+    return RefState(*_block_refs(dev, plan, feeds))
+
+
+def commit(
+    dev: Backend,
+    plan: Plan,
+    feeds: Sequence,
+    state: RefState,
+    parents: np.ndarray,
+    sites: np.ndarray,
+    variants: np.ndarray,
+) -> RefState:
+    """The reference state of new sequences: sequence ``parents[i]`` of
+    ``feeds`` with edit ``(sites[i], variants[i])`` made (none where the site
+    is negative). Each node's values are the parent's, overwritten inside
+    the edit's window by the mutant's values, computed incrementally with
+    the plan's windows: no full forward pass."""
+    graph = plan.graph
+    x = feeds[graph.inputs.index(plan.seq_input)]
+    dtype = np.dtype(x.dtype)
+    parents = np.asarray(parents, dtype=np.int64)
+    new = state.take(parents, dev)
+    edited = np.flatnonzero(np.asarray(sites) >= 0)
+    if not len(edited):
+        return new
+    unfused = plan.unfused()
+    prep = _prepared(dev, unfused, dtype)
+    pool = dev.new_pool(0)
+    chunk = _Chunk(dev, prep, state.values, state.extras, x, {}, pool, False)
+    rows = dev.asarray(edited)
+
+    def capture(name, st):
+        p = unfused.nodes[name]
+        target = new.values[name]
+        if p.kind == "full":
+            target[rows] = st.value.reshape((len(edited),) + target.shape[1:])
+        elif p.kind in ("row", "tile") and (
+            st.tile is not None or st.change is not None
+        ):
+            window = st.start[:, None] + np.arange(p.width)
+            tile = st.tile
+            if tile is None:  # kept as its change
+                ref = state.values[name][
+                    chunk.di(parents[edited][:, None]), chunk.di(window)
+                ]
+                tile = ref + st.change
+            target[rows[:, None], dev.asarray(window)] = tile
+
+    with dev.compute_context():
+        chunk.run(
+            0,
+            parents[edited],
+            np.asarray(sites)[edited],
+            np.asarray(variants)[edited],
+            lambda *args: None,
+            capture=capture,
+        )
+    for name, p in unfused.nodes.items():
+        if p.kind == "virtual":  # a Flatten only Dense layers read
+            node = graph.nodes[name]
+            new.values[name] = dev.apply(node, [new.values[node.inputs[0]]])
+    new.extras = _extras(dev, unfused, new.values)
+    return new
 
 
 def conv_col2im(chunk, name, node, p, start, st, delta, own, info):
@@ -343,7 +444,7 @@ class _Chunk:
         self.refs = refs
         self.extras = extras
         self.x_seq = x_seq
-        self.alts = dev.asarray(np.asarray(self.plan.alternatives, dtype=prep.dtype))
+        self.edits = self.plan.edits
         self.seconds = seconds
         self.states: dict[str, _State] = {}
         self._uploaded: dict[int, tuple] = {}
@@ -435,11 +536,15 @@ class _Chunk:
         return self._window_of(st, name, zero, length)
 
     # -- the pass ---------------------------------------------------------
-    def run(self, seq, pos_idx, alt_idx, on_output: Callable) -> int:
-        """Compute the chunk; ``on_output(k, rows, values)`` receives outputs.
+    def run(self, b0, seq, pos_idx, alt_idx, on_output: Callable, capture=None) -> int:
+        """Compute the chunk of mutants ``(b0 + seq, pos_idx, alt_idx)`` (the
+        block starts at sequence ``b0``); ``on_output(k, rows, values)``
+        receives outputs, ``capture(name, state)`` (optional) every node's
+        values as they are computed.
 
         Returns the number of mutants that stopped early (exact zero change).
         """
+        self.b0 = b0
         self.seq, self.pos_idx, self.alt_idx = seq, pos_idx, alt_idx
         rows = np.arange(len(seq))
         self.states = states = {}
@@ -451,6 +556,8 @@ class _Chunk:
             t0 = time.perf_counter()
             if p.kind != "const":
                 states[name] = self._node(name, node, p)
+                if capture is not None:
+                    capture(name, states[name])
             if p.exit_check and self.early_exit:
                 st = states[name]
                 same = self.dev.to_host(
@@ -525,10 +632,16 @@ class _Chunk:
         return handler(name, node, p, start)
 
     def _row(self, name, node, p, start) -> _State:
-        positions = self.plan.positions[self.pos_idx]
-        tile = self.x_seq[self.di(self.seq), self.di(start)][:, None, :].copy()
-        hit = np.flatnonzero(start == positions)
-        tile[self.di(hit), 0] = self.alts[self.di(self.alt_idx[hit])]
+        """The mutated input on its window: the sequence's rows with the
+        edit's rows written (those inside the window: the others are read by
+        nothing downstream)."""
+        edits, site = self.edits, self.pos_idx
+        window = start[:, None] + np.arange(p.width)
+        tile = self.x_seq[self.di(self.seq[:, None]), self.di(window)]
+        rows = edits.starts[site][:, None] + edits.offsets[site] - start[:, None]
+        m, j = np.nonzero((rows >= 0) & (rows < p.width))
+        values = edits.rows(self.b0 + self.seq, site, self.alt_idx)[m, j]
+        tile[self.di(m), self.di(rows[m, j])] = self.dev.asarray(values)
         return _State(tile=tile, start=start)
 
     def _virtual(self, name, node, p, start) -> _State:
@@ -820,6 +933,7 @@ def walk(
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     early_exit: bool | None = None,
+    state: RefState | None = None,
 ) -> RunStats:
     """Run every mutant of ``plan`` (its positions times its alternatives) for
     the sequences ``feeds`` on ``dev``, writing outputs into ``sink``.
@@ -847,20 +961,25 @@ def walk(
         (default: the device's choice). Computing on through an exactly-zero
         change gives the reference's outputs exactly, so either way the
         results are the same.
+    state : RefState, optional
+        The reference activations of ``feeds``, kept from an earlier pass
+        (:func:`reference_state`, :func:`commit`): all sequences are one
+        block and no reference pass is made.
     """
     graph = plan.graph
     index = graph.inputs.index(plan.seq_input)
     x = feeds[index]
     dtype = np.dtype(x.dtype)
-    alternatives = np.asarray(plan.alternatives, dtype=dtype)
-    positions = plan.positions
-    n_seqs, n_pos, n_alts = x.shape[0], len(positions), len(alternatives)
+    edits = plan.edits
+    n_seqs, n_pos, n_alts = x.shape[0], edits.n_sites, edits.n_variants
     prep = _prepared(dev, plan, dtype)
     n_threads = dev.threads(threads)
     early_exit = dev.early_exit if early_exit is None else bool(early_exit)
     block, chunk, tile_budget = dev.sizes(
         plan, n_seqs, dtype, memory_budget, chunk_size, n_threads
     )
+    if state is not None:
+        block = n_seqs
     run = RunStats(plan=plan, seconds={}, chunk_size=chunk, block_size=block)
     sink.open(
         n_seqs=n_seqs,
@@ -886,16 +1005,18 @@ def walk(
         def write(k, rows, values):
             sink.write(k, b0 + s[rows], pj[rows], a[rows], values)
 
-        return worker.run(s, pj, a, write), len(s)
+        return worker.run(b0, s, pj, a, write), len(s)
 
-    x_host = dev.to_host(x)
-    same = np.all(x_host[:, positions, None, :] == alternatives[None, None], axis=-1)
+    same = edits.unchanged(dev.to_host(x))
     with concurrent.futures.ThreadPoolExecutor(n_threads) as workers:
         for b0 in range(0, n_seqs, block):
             b1 = min(n_seqs, b0 + block)
             block_feeds = [f[b0:b1] for f in feeds]
             t0 = time.perf_counter()
-            refs, extras = _block_refs(dev, plan, block_feeds)
+            if state is not None:
+                refs, extras = state.values, state.extras
+            else:
+                refs, extras = _block_refs(dev, plan, block_feeds)
             run.seconds["(reference pass)"] = run.seconds.get(
                 "(reference pass)", 0.0
             ) + (time.perf_counter() - t0)

@@ -26,6 +26,9 @@ op is written in one place (plus its reference function in
 ``can_vanish``
     Whether a change can vanish exactly across the op (a clamp, a maximum),
     so that a mutant may stop early after it.
+``affine``
+    Whether the op is affine in its inputs, so that two changes cross it
+    independently (``f(x + a + b) = f(x + a) + f(x + b) - f(x)``).
 """
 
 from __future__ import annotations
@@ -173,6 +176,10 @@ class Op:
     can_vanish: ClassVar[bool] = False
 
     @property
+    def affine(self) -> bool:
+        return False
+
+    @property
     def kind(self) -> str:
         return type(self).__name__
 
@@ -243,6 +250,10 @@ class _Window:
 class Input(Op):
     """A model input. ``shape`` may hold ``None`` for a free length."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     # (the field shadows the shape rule: an input's shape is this attribute)
     shape: tuple[int | None, ...]
 
@@ -257,6 +268,10 @@ class Conv1D(_Window, Op):
     Weights: ``kernel`` of shape ``(kernel_size, n_channels // groups, n_filters)``
     and, with ``use_bias``, ``bias`` of shape ``(n_filters,)``.
     """
+
+    @property
+    def affine(self) -> bool:
+        return True
 
     n_filters: int
     kernel_size: int
@@ -334,6 +349,10 @@ class Pool1D(_Window, Op):
     such cells at each end.
     """
 
+    @property
+    def affine(self) -> bool:
+        return self.mode == "average"
+
     mode: str  # "max" or "average"
     pool_size: int
     stride: int
@@ -393,6 +412,10 @@ class Pool1D(_Window, Op):
 class Crop1D(Op):
     """Drop ``start`` rows at the beginning and ``end`` rows at the end."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     start: int
     end: int
 
@@ -429,6 +452,10 @@ class Crop1D(Op):
 class ZeroPad1D(Op):
     """Add ``left`` and ``right`` rows of zeros along the length axis."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     left: int
     right: int
 
@@ -458,6 +485,10 @@ class ZeroPad1D(Op):
 @dataclass(frozen=True)
 class UpSample1D(Op):
     """Repeat every row ``size`` times along the length axis."""
+
+    @property
+    def affine(self) -> bool:
+        return True
 
     size: int
 
@@ -493,6 +524,10 @@ class Activation(Op):
     ``[threshold, max_value]``. ``approximate`` selects the tanh form of
     ``gelu``.
     """
+
+    @property
+    def affine(self) -> bool:
+        return self.fn == "linear"
 
     fn: str
     negative_slope: float = 0.0
@@ -576,6 +611,10 @@ class ChannelAffine(_BroadcastWeights, Op):
     Weights ``scale`` and ``shift`` are shaped to broadcast against the input.
     """
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     axis: int = -1
     weight_names: ClassVar[tuple[str, ...]] = ("scale", "shift")
 
@@ -609,6 +648,10 @@ class LayerNorm(_Pointwise, Op):
 @dataclass(frozen=True)
 class Merge(Op):
     """Element-wise merge of inputs of one shape, left to right."""
+
+    @property
+    def affine(self) -> bool:
+        return self.mode in ("add", "subtract", "average")
 
     mode: str
     can_vanish: ClassVar[bool] = True
@@ -645,6 +688,10 @@ class Merge(Op):
 class Concatenate(Op):
     """Concatenate along ``axis`` (per sample, non-negative)."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     axis: int
 
     def shape(self, node, in_shapes) -> Shape:
@@ -680,6 +727,10 @@ class Concatenate(Op):
 class Flatten(Op):
     """Row-major flatten. ``channels_first`` moves axis 0 last first (Keras)."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     channels_first: bool = False
 
     def shape(self, node, in_shapes) -> Shape:
@@ -695,6 +746,10 @@ class Flatten(Op):
 @dataclass(frozen=True)
 class Reshape(Op):
     """Row-major reshape to ``target_shape`` (per sample, fully resolved)."""
+
+    @property
+    def affine(self) -> bool:
+        return True
 
     target_shape: tuple[int, ...]
 
@@ -716,6 +771,10 @@ class Dense(_Pointwise, Op):
 
     Weights: ``kernel`` of shape ``(n_in, units)``, ``bias`` of shape ``(units,)``.
     """
+
+    @property
+    def affine(self) -> bool:
+        return True
 
     units: int
     use_bias: bool = True
@@ -746,6 +805,10 @@ class Dense(_Pointwise, Op):
 class ChannelSlice(_Pointwise, Op):
     """Channels ``[start, end)`` of the last axis (``torch.chunk``, GLU)."""
 
+    @property
+    def affine(self) -> bool:
+        return True
+
     start: int
     end: int
 
@@ -763,6 +826,10 @@ class ChannelSlice(_Pointwise, Op):
 class GlobalPool1D(Op):
     """Mean, max, sum or log-sum-exp over the length ``axis`` (0 for
     channels-last inputs)."""
+
+    @property
+    def affine(self) -> bool:
+        return self.mode in ("average", "sum")
 
     mode: str  # "max", "average", "sum" or "logsumexp"
     axis: int = 0

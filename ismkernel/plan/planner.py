@@ -34,6 +34,7 @@ a run uses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ import numpy as np
 from ismkernel.errors import UnsupportedLayerError
 from ismkernel.ir import Graph, conv_padding, infer_shape
 from ismkernel.ir import nodes as ops
+from ismkernel.plan.edits import Edits
 from ismkernel.plan.fusion import Epilogue, describe_fusion
 from ismkernel.plan.intervals import (
     EMPTY,
@@ -162,6 +164,7 @@ class Plan:
         Name of the mutated input node.
     seq_len : int
     positions : ndarray of int64
+        The first row of each edit site (the mutated positions, for ISM).
     nodes : dict of str to NodePlan, in topological order
     shapes : dict of str to tuple
         Concrete per-sample shapes.
@@ -169,8 +172,8 @@ class Plan:
         The last node (in order) that reads each node; outputs read at the end.
     device : str
         The backend whose tactics lowered the plan (``""``: not lowered).
-    alternatives : ndarray or None
-        The rows written at each position, when the plan is built for a run.
+    edits : Edits or None
+        What each mutant writes, when the plan is built for a run.
     output_rows : dict
         Rows of each profile output node that are computed (the rest are not).
     """
@@ -184,11 +187,18 @@ class Plan:
     itemsize: int = 4
     last_use: dict[str, str] = field(default_factory=dict)
     device: str = ""
-    alternatives: np.ndarray | None = None
+    edits: Edits | None = None
     output_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Device constants prepared once per plan (kernels laid out for GEMMs,
     #: weights uploaded), by backend name; filled by the backends.
     prepared: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def alternatives(self) -> np.ndarray | None:
+        """The rows point mutations write (``None`` for other edits)."""
+        if self.edits is None or not self.edits.single_row:
+            return None
+        return self.edits.variant_rows()
 
     @property
     def flops_naive(self) -> float:
@@ -204,6 +214,34 @@ class Plan:
     def ceiling(self) -> float:
         """Naive FLOPs over plan FLOPs: the speedup the arithmetic allows."""
         return self.flops_naive / max(self.flops_plan, 1.0)
+
+    def unfused(self) -> Plan:
+        """This plan with no fused epilogues and no early exits, so every node
+        holds its own values (what committing an edit to the reference
+        activations reads). Made once and kept."""
+        cached = self.prepared.get("unfused")
+        if cached is None:
+            nodes = {
+                name: dataclasses.replace(
+                    p,
+                    epilogue=None
+                    if p.epilogue is None
+                    else Epilogue(
+                        relu=False,
+                        residual=None,
+                        emit_change=False,
+                        keep_values=True,
+                        row_sums=False,
+                        result=name,
+                    ),
+                    fused_into="",
+                    exit_check=False,
+                )
+                for name, p in self.nodes.items()
+            }
+            cached = dataclasses.replace(self, nodes=nodes, prepared={})
+            self.prepared["unfused"] = cached
+        return cached
 
     def liveness(self):
         """For each node in order: ``(name, held, kept)``, the nodes whose
@@ -399,8 +437,10 @@ def build_plan(
     itemsize: int = 4,
     output_rows: dict[str, tuple[int, int]] | None = None,
     alternatives: np.ndarray | None = None,
+    edits: Edits | None = None,
 ) -> Plan:
-    """Plan ISM of ``graph`` mutating input ``seq_input`` at ``positions``.
+    """Plan ISM of ``graph`` mutating input ``seq_input`` at ``positions``
+    (or making ``edits``).
 
     The plan is device-neutral and has no fusion records; a backend lowers it
     (:func:`ismkernel.backends.get_backend` ``(name).plan(...)`` does both).
@@ -422,10 +462,18 @@ def build_plan(
         profile, or ``(0, 0)`` for an output nobody reads).
     alternatives : ndarray, shape (n_alts, n_channels), optional
         The rows written at each position (kept with the plan for the run).
+    edits : Edits, optional
+        Edits other than point mutations (windows, pairs of rows); their
+        sites' starts replace ``positions``.
     """
     shapes = concrete_shapes(graph, input_shapes)
     seq_len = shapes[seq_input][0]
-    positions = np.asarray(positions, dtype=np.int64)
+    if edits is None and alternatives is not None:
+        edits = Edits.point(positions, alternatives)
+    positions = np.asarray(positions if edits is None else edits.starts, dtype=np.int64)
+    spans = np.ones_like(positions) if edits is None else edits.spans
+    # A first convolution reads one changed row as a lookup of kernel taps.
+    lookup = edits is None or edits.single_row
     consumers = graph.consumers()
     outputs = set(graph.outputs)
 
@@ -515,7 +563,7 @@ def build_plan(
         if p.kind in ("row", "tile"):
             length = p.shape[0]
             if p.kind == "row":
-                lo, hi = positions.copy(), positions + 1
+                lo, hi = positions.copy(), positions + spans
             else:
                 ins = []
                 for src in node.inputs:
@@ -540,7 +588,7 @@ def build_plan(
                 p.start = np.clip(positions, 0, length - 1)
             channels = p.shape[1]
             p.bytes_per_mutant = width * channels * itemsize
-            _cost(p, node, plans, shapes, itemsize)
+            _cost(p, node, plans, shapes, itemsize, lookup)
         elif p.kind == "full":
             p.bytes_per_mutant = math.prod(p.shape) * itemsize
             if p.strategy == "flatten-dense":
@@ -571,7 +619,7 @@ def build_plan(
         shapes=shapes,
         itemsize=itemsize,
         last_use=last_use,
-        alternatives=alternatives,
+        edits=edits,
         output_rows=dict(output_rows or {}),
     )
 
@@ -582,6 +630,7 @@ def _cost(
     plans: dict[str, NodePlan],
     shapes: dict[str, tuple],
     itemsize: int,
+    lookup: bool = True,
 ) -> None:
     """Strategy of a convolution, FLOPs and scratch bytes of a tile node."""
     op = node.op
@@ -594,7 +643,7 @@ def _cost(
         delta, window, delta_cost, window_cost = _conv_costs(
             op, cin, src.width, p.width
         )
-        if src.kind == "row" and op.groups == 1:
+        if src.kind == "row" and op.groups == 1 and lookup:
             p.strategy, p.flops_plan = "lookup", float(op.kernel_size * op.n_filters)
             p.bytes_per_mutant += op.kernel_size * op.n_filters * itemsize
         elif delta_cost <= window_cost:
