@@ -521,6 +521,8 @@ def _run_hdf5(
     job, source = run.job, run.source
     out = job.out
     mode = _mode(job)  # again: another run may have finished since
+    for stale in (out, partial_path(out)):  # layouts a killed run left
+        remove_quietly(stale + ".tmp")
     target = partial_path(out) if mode in ("partial", "beside") else out
     results = None
     if mode in ("partial", "in-place"):
