@@ -13,6 +13,7 @@ from ismkernel.errors import InputError
 from ismkernel.inputs import (
     check_alternatives,
     check_dtype,
+    check_memory_budget,
     check_positions,
     check_positive_int,
     output_indices,
@@ -125,7 +126,7 @@ def ism(
     batch_size: int | None = None,
     progress: bool = False,
     dtype: str = config.DEFAULT_DTYPE,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     threads: int | None = None,
     reduce: str | None = None,
     client: Any = None,
@@ -159,9 +160,10 @@ def ism(
         Show a progress bar (tqdm); a callable is called with the number of
         mutants finished since its last call instead.
     dtype : {"float32", "float64"}
-    memory_budget : int, optional
-        Bytes the ``cpu`` backend may hold at once for reference activations
-        and tiles (default ``config.CPU_MEMORY_BYTES``).
+    memory_budget : int or str, optional
+        Bytes the backend may hold at once for reference activations and
+        tiles: an integer, or text such as ``"512M"`` or ``"2G"`` (default
+        ``config.CPU_MEMORY_BYTES``).
     threads : int, optional
         Threads of the ``cpu`` backend, each computing its own chunks with
         single-threaded BLAS (default ``NUMBA_NUM_THREADS``, which is all the
@@ -249,7 +251,7 @@ class EditRun:
         backend: str = "auto",
         batch_size: int | None = None,
         dtype: str = config.DEFAULT_DTYPE,
-        memory_budget: int | None = None,
+        memory_budget: int | str | None = None,
         threads: int | None = None,
         output_rows: dict | None = None,
         early_exit: bool | None = None,
@@ -260,7 +262,7 @@ class EditRun:
         self.model = model
         self.seq_input = seq_input
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.memory_budget = check_positive_int(memory_budget, "memory_budget")
+        self.memory_budget = check_memory_budget(memory_budget, "memory_budget")
         self.threads = check_positive_int(threads, "threads")
         self.output_rows = output_rows
         self.early_exit = None if early_exit is None else bool(early_exit)

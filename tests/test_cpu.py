@@ -124,6 +124,16 @@ def test_auto_is_cpu_and_reports_stats():
     assert set(res.stats["seconds"]) - {"(reference pass)"} <= set(model.graph.nodes)
 
 
+def test_memory_budget_takes_what_the_command_line_takes():
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0]
+    a = ismkernel.ism(model, x, memory_budget="64M")
+    b = ismkernel.ism(model, x, memory_budget=64 * 2**20)
+    assert a.stats["chunk_size"] == b.stats["chunk_size"]
+    for u, v in zip(a.outputs, b.outputs):
+        np.testing.assert_array_equal(u, v)
+
+
 def test_memory_budget_bounds_the_chunk():
     model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
     x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0]
@@ -133,7 +143,7 @@ def test_memory_budget_bounds_the_chunk():
     assert_same_ism(big, small)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1GB"])
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1 gigabyte", "-2G"])
 def test_bad_memory_budget(bad):
     model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
     x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0]
