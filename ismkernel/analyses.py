@@ -552,12 +552,18 @@ def pairwise(
     n_seqs, n_alts = seq.shape[0], len(alts)
     doubles = None
     stats = {"singles": one.stats, "n_independent": int(independent.sum())}
+    # A double mutant one side of which writes the reference row is that
+    # side's single mutant: copied, never computed.
+    held_i = np.all(seq[:, pair_arr[:, 0], None, :] == alts, axis=-1)  # (n, P, A)
+    held_j = np.all(seq[:, pair_arr[:, 1], None, :] == alts, axis=-1)
     if len(dependent):
         run = _PairRun(model, pair_arr[dependent], alts, **options)
         kept = tasks is None and window is None
+        skip = held_i[:, dependent, :, None] | held_j[:, dependent, None, :]
         res = run(
             x, progress=progress, reduce=None if kept else "raw", tasks=tasks,
             sum_over=sum_over, keep_outputs=kept,
+            skip=skip.reshape(n_seqs, len(dependent), -1),
         )  # fmt: skip
         doubles = res.outputs if kept else res.scores
         stats["pairs"] = res.stats
@@ -569,6 +575,10 @@ def pairwise(
             f[:, dependent] = doubles[k].reshape(
                 (n_seqs, len(dependent), n_alts, n_alts) + ref.shape[1:]
             )
+        n_i, p_i, a_i = np.nonzero(held_i)
+        f[n_i, p_i, a_i] = s_j[n_i, p_i]
+        n_j, p_j, b_j = np.nonzero(held_j)
+        f[n_j, p_j, :, b_j] = s_i[n_j, p_j]
         outputs.append(f)
         pair_singles.append(np.stack([s_i, s_j], axis=2))
     result = PairwiseResult(

@@ -321,11 +321,13 @@ class EditRun:
         tasks: Any = None,
         sum_over: Any = None,
         keep_outputs: bool = True,
+        skip: Any = None,
     ) -> IsmResult:
         """Every edit of ``x``. With ``keep_outputs=False``, ``reduce`` is
         computed by the backend as chunks finish (on ``tasks``, summed over
         ``sum_over``) and ``outputs`` is None; otherwise every output is kept
-        and ``reduce`` is computed from them."""
+        and ``reduce`` is computed from them. ``skip``: ``(n_seqs, n_sites,
+        n_variants)`` mutants not computed (their outputs are left unset)."""
         model, feeds, index, plan, rows = self.plan_for(x)
         if reduce is not None and reduce not in REDUCERS:
             raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
@@ -335,7 +337,7 @@ class EditRun:
             if reduce is None:
                 raise InputError("keep_outputs=False needs a reducer (reduce=...)")
             sink = self.score_sink(model, rows, reduce, tasks, sum_over)
-        run = self.run_plan(plan, feeds, sink, progress)
+        run = self.run_plan(plan, feeds, sink, progress, skip=skip)
         specs = model.graph.input_specs
         if keep_outputs:
             reference = model.from_ir(sink.reference, 1)
@@ -359,11 +361,18 @@ class EditRun:
         return result
 
     def run_plan(
-        self, plan, feeds, sink, progress: Any = False, state: Any = None
+        self,
+        plan,
+        feeds,
+        sink,
+        progress: Any = False,
+        state: Any = None,
+        skip: Any = None,
     ) -> dict:
         """Run ``plan`` on ``feeds`` into ``sink`` with a progress bar (or
         callable); returns the run's stats. ``state``: reference activations
-        kept from an earlier pass (incremental backends)."""
+        kept from an earlier pass (incremental backends); ``skip``: mutants
+        not to compute."""
         bar = None
         update = progress if callable(progress) else None
         seq = feeds[plan.graph.inputs.index(plan.seq_input)]
@@ -384,6 +393,7 @@ class EditRun:
                 progress=update,
                 early_exit=self.early_exit,
                 **({} if state is None else {"state": state}),
+                **({} if skip is None else {"skip": skip}),
             )
         finally:
             if bar is not None:

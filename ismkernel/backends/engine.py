@@ -135,6 +135,7 @@ class Backend:
         progress: Callable[[int], None] | None = None,
         early_exit: bool | None = None,
         state: RefState | None = None,
+        skip: np.ndarray | None = None,
     ) -> RunStats:
         """Every mutant of ``plan`` for the sequences ``feeds`` (IR layout),
         into ``sink``; ``batch_size`` mutants per chunk (see :func:`walk`)."""
@@ -154,6 +155,7 @@ class Backend:
             progress=progress,
             early_exit=early_exit,
             state=state,
+            skip=skip,
         )
 
     # -- device hooks ----------------------------------------------------
@@ -934,6 +936,7 @@ def walk(
     progress: Callable[[int], None] | None = None,
     early_exit: bool | None = None,
     state: RefState | None = None,
+    skip: np.ndarray | None = None,
 ) -> RunStats:
     """Run every mutant of ``plan`` (its positions times its alternatives) for
     the sequences ``feeds`` on ``dev``, writing outputs into ``sink``.
@@ -965,6 +968,10 @@ def walk(
         The reference activations of ``feeds``, kept from an earlier pass
         (:func:`reference_state`, :func:`commit`): all sequences are one
         block and no reference pass is made.
+    skip : ndarray of bool, shape (n_seqs, n_sites, n_variants), optional
+        Mutants not to compute at all (their outputs are whatever the caller
+        puts there: a pair whose one side writes the reference is a single
+        mutant it already has).
     """
     graph = plan.graph
     index = graph.inputs.index(plan.seq_input)
@@ -1008,6 +1015,7 @@ def walk(
         return worker.run(b0, s, pj, a, write), len(s)
 
     same = edits.unchanged(dev.to_host(x))
+    todo = ~same if skip is None else ~(same | skip)
     with concurrent.futures.ThreadPoolExecutor(n_threads) as workers:
         for b0 in range(0, n_seqs, block):
             b1 = min(n_seqs, b0 + block)
@@ -1023,7 +1031,7 @@ def walk(
             # Unchanged mutants get the reference here; the workers write
             # every other mutant's outputs.
             sink.begin_block(b0, b1, [refs[o] for o in graph.outputs], same[b0:b1])
-            s_i, p_i, a_i = np.nonzero(~same[b0:b1])
+            s_i, p_i, a_i = np.nonzero(todo[b0:b1])
             run.n_mutants += len(s_i)
             with dev.compute_context():
                 futures = [
