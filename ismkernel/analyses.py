@@ -169,6 +169,7 @@ def scan(
     patterns: Any,
     *,
     starts: Any = None,
+    outputs: Any = None,
     reduce: str | None = None,
     progress: Any = False,
     **ism_options,
@@ -189,6 +190,9 @@ def scan(
         :func:`shuffles`).
     starts : 1-D int array or slice, optional
         Window starts; default every start where the window fits.
+    outputs : name, index or list of them, optional
+        The outputs wanted (default all); nothing only the others need is
+        computed.
     reduce : str, optional
         Also compute ``result.scores`` with this reducer (see :func:`ism`).
     progress : bool or callable
@@ -204,7 +208,7 @@ def scan(
     """
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
-    run = _ScanRun(model, patterns, starts, **ism_options)
+    run = _ScanRun(_pick(model, x, outputs), patterns, starts, **ism_options)
     res = run(x, progress=progress)
     out = ScanResult(**{f: getattr(res, f) for f in res.__dataclass_fields__})
     out.width, out.patterns = run.width, run.patterns
@@ -479,6 +483,7 @@ def pairwise(
     max_distance: int | None = None,
     pairs: Any = None,
     alternatives: Any = None,
+    outputs: Any = None,
     reduce: str | None = None,
     tasks: Any = None,
     sum_over: Any = None,
@@ -505,6 +510,9 @@ def pairwise(
         Explicit pairs instead (each sorted to ``i < j``).
     alternatives : ndarray, shape (n_alts, n_channels), optional
         Default ``identity(n_channels)``.
+    outputs : name, index or list of them, optional
+        The outputs wanted (default all); nothing only the others need is
+        computed.
     reduce : {"max-abs", "l2"}, optional
         Also ``result.scores``: per pair, the epistasis over the
         alternatives, its largest magnitude or its L2 norm.
@@ -521,6 +529,7 @@ def pairwise(
     if pairs is not None and (positions is not None or max_distance is not None):
         raise InputError("give pairs, or positions and max_distance, not both")
     window = parse_range(sum_over, "sum_over")
+    model = _pick(model, x, outputs)
     seq, dtype = _sequences(model, x, ism_options)
     seq_len = seq.shape[1]
     alts = check_alternatives(alternatives, seq.shape[2], dtype)
@@ -597,6 +606,16 @@ def pairwise(
     if reduce is not None:
         result.scores = [result.reduce(reduce, k) for k in range(len(outputs))]
     return result
+
+
+def _pick(model: Model, x: Any, outputs: Any) -> Model:
+    """``model`` keeping only ``outputs`` (names or indices; None: all)."""
+    if outputs is None:
+        return model
+    model = model.specialize(x)
+    names = model.output_names
+    picks = output_indices(names, outputs, "outputs")
+    return model.select_outputs([names[i] for i in picks])
 
 
 def _sequences(model: Model, x: Any, options: dict) -> tuple[np.ndarray, np.dtype]:
@@ -749,10 +768,15 @@ def design(
         isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0
     ):
         raise InputError(f"tol must be a non-negative number or None, got {tol!r}")
+    (k,) = output_indices(
+        model.specialize(x).output_names, obj.output, "objective output"
+    )
+    # only the objective's output is computed
+    model = _pick(model, x, [k])
+    k = 0
     run = IsmRun(model, positions=positions, alternatives=alternatives, **ism_options)
     mdl, feeds, index, plan, rows = run.plan_for(x)
     names = mdl.output_names
-    (k,) = output_indices(names, obj.output, "objective output")
     axes = mdl.output_axes[k]
     window = parse_range(obj.sum_over, "objective sum_over")
     select_output(np.zeros((1,) + tuple(axes.shape)), axes, 1, obj.tasks, window)

@@ -352,3 +352,19 @@ def test_bad_arguments_are_refused_clearly(call, match):
     x = fixture_inputs(fixture_data("basset_mini.k2.h5"), "onehot")[0][:1]
     with pytest.raises((InputError, ShapeError), match=match):
         call(model, x)
+
+
+def test_outputs_keeps_the_outputs_wanted_and_their_values():
+    model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
+    x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0][:1]
+    names = model.output_names
+    pats = np.zeros((1, 3, 4), np.float32)
+    full = scan(model, x, pats, starts=[0, 9])
+    one = scan(model, x, pats, starts=[0, 9], outputs=names[1])
+    assert one.output_names == [names[1]]
+    np.testing.assert_allclose(one.outputs[0], full.outputs[1], rtol=1e-6, atol=1e-7)
+    full = pairwise(model, x, pairs=[[2, 5]])
+    one = pairwise(model, x, pairs=[[2, 5]], outputs=[1])
+    np.testing.assert_allclose(one.outputs[0], full.outputs[1], rtol=1e-6, atol=1e-7)
+    with pytest.raises(InputError, match="outputs 'nope' is not a model output"):
+        scan(model, x, pats, outputs="nope")
