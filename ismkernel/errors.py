@@ -14,6 +14,7 @@ __all__ = [
     "ShapeError",
     "InputError",
     "BackendUnavailableError",
+    "ResourceError",
     "OutputFileError",
     "IsmkernelWarning",
 ]
@@ -42,6 +43,11 @@ class InputError(IsmkernelError, ValueError):
 
 class BackendUnavailableError(IsmkernelError):
     """A backend that is unknown or whose dependencies are not installed."""
+
+
+class ResourceError(IsmkernelError):
+    """A computation that cannot fit the device's memory (or the memory
+    budget): the message says how many bytes it needs and how to lower them."""
 
 
 class OutputFileError(IsmkernelError):

@@ -1,7 +1,10 @@
 """Backends: one plan walker (:mod:`.engine`), several devices.
 
 ``reference`` is dense NumPy, the specification of the others; ``cpu`` runs
-the incremental plan with NumPy, BLAS and Numba kernels. Every backend has
+the incremental plan with NumPy, BLAS and Numba kernels; ``cuda`` with CuPy,
+cuBLAS and Numba-CUDA kernels on a GPU, and ``cuda-emulated`` runs that same
+code path on the host (NumPy, ``@njit`` loops over the kernels' grids), which
+is how it is tested without a GPU. Every backend has
 one entry, ``get_backend(name).run(plan, feeds, sink)``, and builds the plan
 it runs with ``get_backend(name).plan(...)`` (the device-neutral plan lowered
 with the device's tactics).
@@ -18,8 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["BACKENDS", "KERNELS", "get_backend", "resolve_backend"]
 
-#: Backends this version implements, in order of preference for ``auto``.
-BACKENDS = ("reference", "cpu")
+#: Backends this version implements. ``auto`` is ``cuda`` where CuPy and
+#: numba-cuda reach a GPU, else ``cpu``.
+BACKENDS = ("reference", "cpu", "cuda", "cuda-emulated")
 
 #: Every kernel the walker calls, with its parameters in order: each device's
 #: kernel table has all of them, with the same names and argument order.
@@ -107,32 +111,37 @@ _INSTANCES: dict[str, Backend] = {}
 
 
 def resolve_backend(name: str) -> str:
-    """The backend to run for ``name`` (``"auto"`` picks the best available)."""
+    """The backend to run for ``name`` (``"auto"``: ``cuda`` where a GPU can
+    be used, else ``cpu``)."""
     if name == "auto":
-        return "cpu"
+        from ismkernel.backends.cuda import memory
+
+        return "cuda" if memory.probe()[0] else "cpu"
     if name not in BACKENDS:
-        planned = {"cuda"}
-        why = (
-            " is not available in this version: its kernels are written and "
-            "tested under the CUDA simulator, but the executor that runs a plan on "
-            "the device has not been validated on a GPU yet"
-            if name in planned
-            else " is unknown"
-        )
         raise BackendUnavailableError(
-            f"backend {name!r}{why}; available: {', '.join(BACKENDS + ('auto',))}"
+            f"backend {name!r} is unknown; available: {', '.join(BACKENDS + ('auto',))}"
         )
     return name
 
 
 def get_backend(name: str = "auto") -> Backend:
-    """The backend ``name`` (``auto``: the best available), created once."""
+    """The backend ``name`` (``auto``: the best available), created once.
+    ``cuda`` raises :class:`~ismkernel.errors.BackendUnavailableError`,
+    saying why, where no GPU can be used."""
     name = resolve_backend(name)
     if name not in _INSTANCES:
         if name == "cpu":
             from ismkernel.backends.cpu import CpuBackend
 
             _INSTANCES[name] = CpuBackend()
+        elif name == "cuda":
+            from ismkernel.backends.cuda import CudaBackend
+
+            _INSTANCES[name] = CudaBackend()
+        elif name == "cuda-emulated":
+            from ismkernel.backends.cuda import EmulatedBackend
+
+            _INSTANCES[name] = EmulatedBackend()
         else:
             from ismkernel.backends.reference import ReferenceBackend
 

@@ -9,10 +9,10 @@ float32 rounding. Nothing here is incremental.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ismkernel import config
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
@@ -35,7 +35,20 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _erf_ufunc = None
 
 
+def _xp(x):
+    """The array module of ``x``: every op computes with its input's module,
+    so the cuda device runs them on device arrays (NumPy's calls, and so its
+    results, are unchanged)."""
+    if type(x).__module__.startswith("cupy"):
+        return sys.modules["cupy"]
+    return np
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
+    if _xp(x) is not np:
+        from cupyx.scipy.special import erf
+
+        return erf(x)
     # NumPy has no erf; a Numba ufunc over math.erf is exact to the libm value.
     global _erf_ufunc
     if _erf_ufunc is None:
@@ -50,24 +63,26 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    xp = _xp(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
 def _relu(x: np.ndarray, op: ops.Activation) -> np.ndarray:
     # Keras's relu(x, negative_slope, max_value, threshold), step for step.
+    xp = _xp(x)
     slope, max_value, threshold = op.negative_slope, op.max_value, op.threshold
     if slope != 0 and max_value is None and threshold == 0:
-        return np.where(x > 0, x, x * x.dtype.type(slope))
+        return xp.where(x > 0, x, x * x.dtype.type(slope))
     zero = x.dtype.type(0)
     if slope != 0:
-        negative = np.maximum(x.dtype.type(threshold) - x, zero)
+        negative = xp.maximum(x.dtype.type(threshold) - x, zero)
     if threshold != 0:
-        y = np.where(x > threshold, x, zero)
+        y = xp.where(x > threshold, x, zero)
     else:
-        y = np.maximum(x, zero)
+        y = xp.maximum(x, zero)
     if max_value is not None:
-        y = np.clip(y, zero, x.dtype.type(max_value))
+        y = xp.clip(y, zero, x.dtype.type(max_value))
     if slope != 0:
         y = y - x.dtype.type(slope) * negative
     return y
@@ -76,82 +91,83 @@ def _relu(x: np.ndarray, op: ops.Activation) -> np.ndarray:
 def apply_activation(op: ops.Activation, x: np.ndarray) -> np.ndarray:
     """Apply a pointwise activation to ``x`` (any shape, float dtype)."""
     t = x.dtype.type
+    xp = _xp(x)
     fn = op.fn
     if fn == "linear":
         return x
     if fn == "relu":
         return _relu(x, op)
     if fn == "elu":
-        neg = np.expm1(np.minimum(x, t(0)))
-        return np.where(x > 0, x, neg if op.alpha == 1 else t(op.alpha) * neg)
+        neg = xp.expm1(xp.minimum(x, t(0)))
+        return xp.where(x > 0, x, neg if op.alpha == 1 else t(op.alpha) * neg)
     if fn == "selu":
-        return t(_SELU_SCALE) * np.where(
-            x > 0, x, t(_SELU_ALPHA) * np.expm1(np.minimum(x, t(0)))
+        return t(_SELU_SCALE) * xp.where(
+            x > 0, x, t(_SELU_ALPHA) * xp.expm1(xp.minimum(x, t(0)))
         )
     if fn == "gelu":
         if op.approximate:
             inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x**3)
-            return t(0.5) * x * (t(1) + np.tanh(inner))
+            return t(0.5) * x * (t(1) + xp.tanh(inner))
         return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2))))
     if fn == "erf":
         return _erf(x)
     if fn == "log":
-        return np.log(x)
+        return xp.log(x)
     if fn == "abs":
-        return np.abs(x)
+        return xp.abs(x)
     if fn == "sqrt":
-        return np.sqrt(x)
+        return xp.sqrt(x)
     if fn == "clip":
-        return np.clip(x, t(op.threshold), t(op.max_value))
+        return xp.clip(x, t(op.threshold), t(op.max_value))
     if fn == "reciprocal":
         return x.dtype.type(1) / x
     if fn in ("hard_sigmoid", "hard_silu"):
         if op.alpha == 1 / 6:  # Keras 3: relu6(x + 3) / 6
-            h = np.clip(x + t(3), t(0), t(6)) / t(6)
+            h = xp.clip(x + t(3), t(0), t(6)) / t(6)
         else:  # Keras 2: clip(0.2 x + 0.5, 0, 1)
-            h = np.clip(x * t(op.alpha) + t(0.5), t(0), t(1))
+            h = xp.clip(x * t(op.alpha) + t(0.5), t(0), t(1))
         return h if fn == "hard_sigmoid" else x * h
     if fn == "sigmoid":
         return _sigmoid(x)
     if fn == "tanh":
-        return np.tanh(x)
+        return xp.tanh(x)
     if fn == "softplus":
-        return np.logaddexp(t(0), x)
+        return xp.logaddexp(t(0), x)
     if fn == "softsign":
-        return x / (t(1) + np.abs(x))
+        return x / (t(1) + xp.abs(x))
     if fn == "exponential":
-        return np.exp(x)
+        return xp.exp(x)
     if fn == "silu":
         return x * _sigmoid(x)
     if fn == "mish":
-        return x * np.tanh(np.logaddexp(t(0), x))
+        return x * xp.tanh(xp.logaddexp(t(0), x))
     if fn == "celu":
-        return np.maximum(x, t(0)) + t(op.alpha) * np.expm1(
-            np.minimum(x, t(0)) / t(op.alpha)
+        return xp.maximum(x, t(0)) + t(op.alpha) * xp.expm1(
+            xp.minimum(x, t(0)) / t(op.alpha)
         )
     if fn == "hard_tanh":
-        return np.clip(x, t(-1), t(1))
+        return xp.clip(x, t(-1), t(1))
     if fn == "log_sigmoid":
-        return -np.logaddexp(t(0), -x)
+        return -xp.logaddexp(t(0), -x)
     if fn == "tanh_shrink":
-        return x - np.tanh(x)
+        return x - xp.tanh(x)
     if fn == "hard_shrink":
-        return np.where(np.abs(x) > op.threshold, x, t(0))
+        return xp.where(xp.abs(x) > op.threshold, x, t(0))
     if fn == "soft_shrink":
         th = t(op.threshold)
-        return np.where(x > th, x - th, np.where(x < -th, x + th, t(0)))
+        return xp.where(x > th, x - th, xp.where(x < -th, x + th, t(0)))
     if fn == "sparse_plus":
-        return np.where(x <= -1, t(0), np.where(x < 1, t(0.25) * (x + t(1)) ** 2, x))
+        return xp.where(x <= -1, t(0), xp.where(x < 1, t(0.25) * (x + t(1)) ** 2, x))
     if fn == "sparse_sigmoid":
-        return np.where(x <= -1, t(0), np.where(x >= 1, t(1), t(0.5) * (x + t(1))))
+        return xp.where(x <= -1, t(0), xp.where(x >= 1, t(1), t(0.5) * (x + t(1))))
     if fn == "squareplus":
-        return (x + np.sqrt(x * x + t(op.alpha))) / t(2)
+        return (x + xp.sqrt(x * x + t(op.alpha))) / t(2)
     if fn in ("softmax", "log_softmax"):
         axis = op.axis + 1 if op.axis >= 0 else op.axis  # per sample -> batch
-        shifted = x - np.max(x, axis=axis, keepdims=True)
-        e = np.exp(shifted)
-        total = np.sum(e, axis=axis, keepdims=True)
-        return e / total if fn == "softmax" else shifted - np.log(total)
+        shifted = x - xp.max(x, axis=axis, keepdims=True)
+        e = xp.exp(shifted)
+        total = xp.sum(e, axis=axis, keepdims=True)
+        return e / total if fn == "softmax" else shifted - xp.log(total)
     raise ValueError(f"unknown activation {fn!r}")
 
 
@@ -163,20 +179,21 @@ def _taps(x_pad: np.ndarray, start: int, count: int, step: int) -> np.ndarray:
 def _conv1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.Conv1D = node.op
     x = xs[0]
+    xp = _xp(x)
     n_seqs, seq_len, n_channels = x.shape
     left, right, out_len = conv_padding(
         seq_len, op.kernel_size, op.stride, op.dilation, op.padding
     )
-    x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    x_pad = xp.pad(x, ((0, 0), (left, right), (0, 0)))
     span = (op.kernel_size - 1) * op.dilation + 1
     # windows[n, o, c, k] = x_pad[n, o * stride + k * dilation, c]
-    windows = sliding_window_view(x_pad, span, axis=1)[
+    windows = xp.lib.stride_tricks.sliding_window_view(x_pad, span, axis=1)[
         :, : (out_len - 1) * op.stride + 1 : op.stride, :, :: op.dilation
     ]
     kernel = node.weights["kernel"].astype(x.dtype, copy=False)
     cg = n_channels // op.groups
     fg = op.n_filters // op.groups
-    out = np.empty((n_seqs, out_len, op.n_filters), dtype=x.dtype)
+    out = xp.empty((n_seqs, out_len, op.n_filters), dtype=x.dtype)
     # One GEMM over all taps (im2col), in batch chunks that bound the unfolded
     # copy to the budget.
     depth = cg * op.kernel_size
@@ -197,15 +214,16 @@ def _conv1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
 def _pool1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.Pool1D = node.op
     x = xs[0]
+    xp = _xp(x)
     left, right, out_len = pool_padding(x.shape[1], op.pool_size, op.stride, op.padding)
     if op.mode == "max":
-        x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)), constant_values=-np.inf)
+        x_pad = xp.pad(x, ((0, 0), (left, right), (0, 0)), constant_values=-np.inf)
         out = _taps(x_pad, 0, out_len, op.stride)
         for j in range(1, op.pool_size):
-            out = np.maximum(out, _taps(x_pad, j, out_len, op.stride))
+            out = xp.maximum(out, _taps(x_pad, j, out_len, op.stride))
         return out
-    x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
-    valid = np.pad(np.ones(x.shape[1], dtype=x.dtype), (left, right))[None, :, None]
+    x_pad = xp.pad(x, ((0, 0), (left, right), (0, 0)))
+    valid = xp.pad(xp.ones(x.shape[1], dtype=x.dtype), (left, right))[None, :, None]
     total = _taps(x_pad, 0, out_len, op.stride)
     count = _taps(valid, 0, out_len, op.stride)
     for j in range(1, op.pool_size):
@@ -215,24 +233,25 @@ def _pool1d(node: Node, xs: list[np.ndarray]) -> np.ndarray:
 
 
 _MERGE_UFUNCS = {
-    "add": np.add,
-    "average": np.add,
-    "subtract": np.subtract,
-    "multiply": np.multiply,
-    "divide": np.divide,
-    "maximum": np.maximum,
-    "minimum": np.minimum,
+    "add": "add",
+    "average": "add",
+    "subtract": "subtract",
+    "multiply": "multiply",
+    "divide": "divide",
+    "maximum": "maximum",
+    "minimum": "minimum",
 }
 
 
 def merge(mode: str, xs: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
     """Element-wise merge of ``xs``, left to right (``out`` if given)."""
-    ufunc = _MERGE_UFUNCS[mode]
+    xp = _xp(xs[0])
+    ufunc = getattr(xp, _MERGE_UFUNCS[mode])
     out = ufunc(xs[0], xs[1], out=out)
     for x in xs[2:]:
         ufunc(out, x, out=out)
     if mode == "average":
-        np.divide(out, out.dtype.type(len(xs)), out=out)
+        xp.divide(out, out.dtype.type(len(xs)), out=out)
     return out
 
 
@@ -244,9 +263,10 @@ def _layer_norm(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.LayerNorm = node.op
     x = xs[0]
     t = x.dtype.type
-    mean = np.mean(x, axis=-1, keepdims=True)
-    var = np.mean(np.square(x - mean), axis=-1, keepdims=True)
-    inv = t(1) / np.sqrt(var + t(op.epsilon))
+    xp = _xp(x)
+    mean = xp.mean(x, axis=-1, keepdims=True)
+    var = xp.mean(xp.square(x - mean), axis=-1, keepdims=True)
+    inv = t(1) / xp.sqrt(var + t(op.epsilon))
     if op.scale:
         inv = inv * node.weights["gamma"].astype(x.dtype, copy=False)
     shift = -mean * inv
@@ -259,7 +279,8 @@ def _prelu(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     x = xs[0]
     alpha = node.weights["alpha"].astype(x.dtype, copy=False)
     zero = x.dtype.type(0)
-    return np.maximum(x, zero) - alpha * np.maximum(-x, zero)
+    xp = _xp(x)
+    return xp.maximum(x, zero) - alpha * xp.maximum(-x, zero)
 
 
 def _affine(node: Node, xs: list[np.ndarray]) -> np.ndarray:
@@ -280,18 +301,19 @@ def _dense(node: Node, xs: list[np.ndarray]) -> np.ndarray:
 def _flatten(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     x = xs[0]
     if node.op.channels_first and x.ndim > 2:
-        x = np.moveaxis(x, 1, -1)
+        x = _xp(x).moveaxis(x, 1, -1)
     return x.reshape(x.shape[0], -1)
 
 
 def _global_pool(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     op: ops.GlobalPool1D = node.op
+    xp = _xp(xs[0])
     if op.mode == "logsumexp":
         axis = op.axis + 1
-        top = np.max(xs[0], axis=axis, keepdims=True)
-        total = np.log(np.sum(np.exp(xs[0] - top), axis=axis, keepdims=True)) + top
-        return total if op.keepdims else np.squeeze(total, axis=axis)
-    reduce = {"max": np.max, "average": np.mean, "sum": np.sum}[op.mode]
+        top = xp.max(xs[0], axis=axis, keepdims=True)
+        total = xp.log(xp.sum(xp.exp(xs[0] - top), axis=axis, keepdims=True)) + top
+        return total if op.keepdims else xp.squeeze(total, axis=axis)
+    reduce = {"max": xp.max, "average": xp.mean, "sum": xp.sum}[op.mode]
     return reduce(xs[0], axis=op.axis + 1, keepdims=op.keepdims)
 
 
@@ -299,21 +321,21 @@ _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     ops.Conv1D: _conv1d,
     ops.Pool1D: _pool1d,
     ops.Crop1D: lambda n, xs: xs[0][:, n.op.start : xs[0].shape[1] - n.op.end],
-    ops.ZeroPad1D: lambda n, xs: np.pad(
+    ops.ZeroPad1D: lambda n, xs: _xp(xs[0]).pad(
         xs[0], ((0, 0), (n.op.left, n.op.right), (0, 0))
     ),
-    ops.UpSample1D: lambda n, xs: np.repeat(xs[0], n.op.size, axis=1),
+    ops.UpSample1D: lambda n, xs: _xp(xs[0]).repeat(xs[0], n.op.size, axis=1),
     ops.Activation: lambda n, xs: apply_activation(n.op, xs[0]),
     ops.PReLU: _prelu,
     ops.ChannelAffine: _affine,
     ops.LayerNorm: _layer_norm,
     ops.Merge: _merge,
-    ops.Concatenate: lambda n, xs: np.concatenate(xs, axis=n.op.axis + 1),
+    ops.Concatenate: lambda n, xs: _xp(xs[0]).concatenate(xs, axis=n.op.axis + 1),
     ops.Flatten: _flatten,
     ops.Reshape: lambda n, xs: xs[0].reshape((xs[0].shape[0],) + n.op.target_shape),
     ops.Dense: _dense,
     ops.GlobalPool1D: _global_pool,
-    ops.ChannelSlice: lambda n, xs: np.ascontiguousarray(
+    ops.ChannelSlice: lambda n, xs: _xp(xs[0]).ascontiguousarray(
         xs[0][..., n.op.start : n.op.end]
     ),
 }
@@ -412,9 +434,10 @@ class ReferenceBackend:
         itemsize: int = 4,
         output_rows: dict | None = None,
         alternatives: np.ndarray | None = None,
+        edits=None,
     ):
-        """The device-neutral plan (the run reads its positions and
-        alternatives; every mutant is computed in full)."""
+        """The device-neutral plan (the run reads its edits; every mutant is
+        computed in full)."""
         from ismkernel.plan import build_plan
 
         plan = build_plan(
@@ -425,6 +448,7 @@ class ReferenceBackend:
             itemsize=itemsize,
             output_rows=output_rows,
             alternatives=alternatives,
+            edits=edits,
         )
         plan.device = self.name
         return plan
@@ -437,6 +461,7 @@ class ReferenceBackend:
         *,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        skip: np.ndarray | None = None,
         **_ignored,
     ):
         """Every mutant of ``plan`` for ``feeds`` (IR layout), into ``sink``;
@@ -446,28 +471,28 @@ class ReferenceBackend:
         graph = plan.graph
         seq_index = graph.inputs.index(plan.seq_input)
         x = feeds[seq_index]
-        positions = plan.positions
-        alternatives = np.asarray(plan.alternatives, dtype=x.dtype)
+        edits = plan.edits
         n_seqs = x.shape[0]
         batch = batch_size or default_batch_size(graph, x.dtype)
         sink.open(
             n_seqs=n_seqs,
-            n_positions=len(positions),
-            n_alts=len(alternatives),
+            n_positions=edits.n_sites,
+            n_alts=edits.n_variants,
             shapes=[plan.shapes[o] for o in graph.outputs],
             dtype=x.dtype,
             xp=np,
         )
-        # A mutant whose row already equals the alternative is the reference.
-        same = unchanged_rows(x, positions, alternatives)
+        # A mutant whose edit writes what the sequence holds is the reference.
+        same = edits.unchanged(x)
         sink.begin_block(0, n_seqs, forward(graph, feeds), same)
-        seq_i, pos_i, alt_i = np.nonzero(~same)
+        seq_i, pos_i, alt_i = np.nonzero(~same if skip is None else ~(same | skip))
         for start in range(0, len(seq_i), batch):
             sl = slice(start, start + batch)
             s, p, a = seq_i[sl], pos_i[sl], alt_i[sl]
             mutants = [f[s] for f in feeds]
             mutants[seq_index] = mutants[seq_index].copy()
-            mutants[seq_index][np.arange(len(s)), positions[p]] = alternatives[a]
+            rows = edits.starts[p][:, None] + edits.offsets[p]
+            mutants[seq_index][np.arange(len(s))[:, None], rows] = edits.rows(s, p, a)
             for k, y in enumerate(forward(graph, mutants)):
                 sink.write(k, s, p, a, y)
             if progress is not None:

@@ -1,161 +1,271 @@
-"""Numba-CUDA kernels of the cuda executor: the non-GEMM work of a chunk.
+"""The cuda device's kernel table: every kernel of
+:data:`ismkernel.backends.KERNELS`, with the cpu kernels' names, arguments
+and results, run from the bodies of :mod:`.bodies`.
 
-They do on the device what :mod:`ismkernel.backends.cpu.kernels` does on the
-host, with the same arguments and the same results, and accept any array
-with ``__cuda_array_interface__`` (CuPy arrays) on a GPU, or NumPy arrays
-under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which is how CI tests
-them.
+A :class:`Kernels` table allocates with its array module and hands each
+kernel's body and arguments to a *launcher*, which runs the body once per
+output element:
 
-Each kernel gives one thread one output element, ``(mutant, row, channel)``
-flattened, so every output is written by exactly one thread: no atomics, and
-results do not depend on the launch shape. Loops over kernel taps and pooling
-windows run in the order the CPU kernels use, so float32 sums round alike.
+- :func:`device_launcher`: ``@cuda.jit`` kernels, one thread per element,
+  launched on a given stream (CuPy arrays on a GPU; NumPy arrays under the
+  CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``);
+- :func:`grid_launcher`: ``@njit`` loops over the same grid on the host (the
+  ``cuda-emulated`` device).
+
+Both are generated from each body's own parameters, so a body is written
+once. Importing this module imports neither CuPy nor ``numba.cuda``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
+from typing import Any
 
-from numba import cuda
+import numba
+import numpy as np
+
+from ismkernel.backends.cuda import bodies
 
 __all__ = [
     "THREADS",
-    "launch_gather",
-    "launch_pool_window",
-    "launch_lookup_add",
-    "launch_unchanged",
+    "BODIES",
+    "Kernels",
+    "kernel_source",
+    "grid_launcher",
+    "device_launcher",
 ]
 
-#: Threads per block. Grids are rounded up; the last block is partial.
+#: Threads per block of the device kernels. Grids are rounded up, so the last
+#: block is partial.
 THREADS = 128
 
-
-def _grid(n: int) -> tuple[int, int]:
-    return max(1, math.ceil(n / THREADS)), THREADS
-
-
-@cuda.jit(device=True)
-def _element(i, width, n_ch):
-    """(mutant, row, channel) of flat thread index ``i``."""
-    return i // (n_ch * width), (i // n_ch) % width, i % n_ch
-
-
-@cuda.jit
-def _gather(tile, tile_start, ref, seq, start, out, pad):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = out.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, j, c = _element(i, width, n_ch)
-    p = start[m] + j
-    t0 = tile_start[m]
-    if t0 <= p < t0 + tile.shape[1]:
-        out[m, j, c] = tile[m, p - t0, c]
-    elif 0 <= p < ref.shape[1]:
-        out[m, j, c] = ref[seq[m], p, c]
-    else:
-        out[m, j, c] = pad
+#: Every body a launcher runs, by name.
+BODIES: dict[str, Callable] = {
+    "gather": bodies.gather,
+    "change": bodies.change,
+    "change_sum": bodies.change_sum,
+    "sum_rows": bodies.sum_rows,
+    "all_zero": bodies.all_zero,
+    "unchanged": bodies.unchanged,
+    "relu": bodies.relu,
+    "pool_window": bodies.pool_window,
+    "lookup_add": bodies.lookup_add,
+    "col2im_rows": bodies.col2im_rows,
+    "col2im_columns": bodies.col2im_columns,
+}
 
 
-def launch_gather(tile, tile_start, ref, seq, start, out, pad=0.0):
-    """``out[m, j]`` = row ``start[m] + j`` of mutant ``m``: from its tile
-    where the tile covers it, else from its sequence's reference, else
-    ``pad``. (With no tile, pass a tile of width 0.)"""
-    blocks, threads = _grid(out.size)
-    _gather[blocks, threads](tile, tile_start, ref, seq, start, out, pad)
+def _params(body: Callable) -> list[str]:
+    """The body's arguments before the element index."""
+    return list(inspect.signature(body).parameters)[:-1]
 
 
-@cuda.jit
-def _pool_window(
-    tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
-):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = out.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, j, c = _element(i, width, n_ch)
-    first = (out_start[m] + j) * stride - left
-    t0 = tile_start[m]
-    count = 0
-    # Accumulate in ``out`` itself, in its dtype, as the CPU kernel does.
-    for t in range(pool):
-        p = first + t
-        if p < 0 or p >= ref.shape[1]:
-            continue
-        if t0 <= p < t0 + tile.shape[1]:
-            v = tile[m, p - t0, c]
-        else:
-            v = ref[seq[m], p, c]
-        if count == 0:
-            out[m, j, c] = v
-        elif is_max:
-            if v > out[m, j, c]:
-                out[m, j, c] = v
-        else:
-            out[m, j, c] += v
-        count += 1
-    if not is_max:
-        out[m, j, c] /= count
+def kernel_source(name: str) -> Callable:
+    """The Python function of body ``name``'s CUDA kernel: thread ``i`` of
+    ``n`` runs the body on element ``i`` (for ``cuda.jit``, the simulator,
+    or ``cuda.compile_ptx``)."""
+    from numba import cuda
 
-
-def launch_pool_window(
-    tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
-):
-    """Max or average pooling of each mutant's rows onto its output window;
-    rows outside the input never win a maximum and are not counted."""
-    blocks, threads = _grid(out.size)
-    _pool_window[blocks, threads](
-        tile, tile_start, ref, seq, out_start, out, pool, stride, left, is_max
+    args = ", ".join(_params(BODIES[name]))
+    src = (
+        f"def {name}(n, {args}):\n"
+        "    i = cuda.grid(1)\n"
+        "    if i < n:\n"
+        f"        body({args}, i)\n"
     )
+    scope = {"cuda": cuda, "body": BODIES[name]}
+    exec(compile(src, f"<cuda kernel {name}>", "exec"), scope)
+    return scope[name]
 
 
-@cuda.jit
-def _lookup_add(
-    out,
-    ref_out,
-    seq,
-    alt_taps,
-    alt,
-    ref_taps,
-    pair,
-    pos,
-    out_start,
-    left,
-    stride,
-    dilation,
-):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = out.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, o, c = _element(i, width, n_ch)
-    acc = ref_out[seq[m], out_start[m] + o, c]
-    for k in range(alt_taps.shape[1]):
-        num = pos[m] + left - k * dilation
-        if num >= 0 and num % stride == 0 and num // stride - out_start[m] == o:
-            acc += alt_taps[alt[m], k, c] - ref_taps[pair[m], k, c]
-    out[m, o, c] = acc
+def _loop_source(name: str) -> Callable:
+    args = ", ".join(_params(BODIES[name]))
+    src = f"def {name}(n, {args}):\n    for i in range(n):\n        body({args}, i)\n"
+    scope = {"body": BODIES[name]}
+    exec(compile(src, f"<grid loop {name}>", "exec"), scope)
+    return scope[name]
 
 
-def launch_lookup_add(
-    out,
-    ref_out,
-    seq,
-    alt_taps,
-    alt,
-    ref_taps,
-    pair,
-    pos,
-    out_start,
-    left,
-    stride,
-    dilation,
-):
-    """The first convolution of a mutant: its reference output window plus,
-    on each tap's row, the taps of the new row minus those of the old."""
-    blocks, threads = _grid(out.size)
-    _lookup_add[blocks, threads](
-        out,
+_LOOPS: dict[str, Callable] = {}
+_DEVICE: dict[str, Any] = {}
+
+
+def grid_launcher() -> Callable:
+    """Runs a body over its grid with ``@njit`` loops on the host, in element
+    order (what a GPU runs in parallel; every element is independent).
+    Division by zero gives inf or NaN, as on the device."""
+
+    def launch(name: str, n: int, *args) -> None:
+        loop = _LOOPS.get(name)
+        if loop is None:
+            loop = _LOOPS[name] = numba.njit(nogil=True, error_model="numpy")(
+                _loop_source(name)
+            )
+        if n:
+            loop(n, *args)
+
+    return launch
+
+
+def device_launcher(stream: Any = 0, threads: int | None = None) -> Callable:
+    """Runs a body over its grid as a ``@cuda.jit`` kernel on ``stream`` (a
+    Numba stream, 0 for the default one, or a callable giving the stream at
+    each launch), one thread per element.
+
+    CuPy arrays go to the kernels without the synchronisation Numba would
+    otherwise do on the stream they name: every kernel is launched on the
+    stream that produced them. NumPy arrays (the simulator's) are copied to
+    the device once each, however many arguments name them, and back after
+    the launch, so an output passed twice (the change written in place of
+    the values) stays one array."""
+    from numba import cuda
+
+    block = int(threads or THREADS)
+
+    def launch(name: str, n: int, *args) -> None:
+        kernel = _DEVICE.get(name)
+        if kernel is None:
+            kernel = _DEVICE[name] = cuda.jit(kernel_source(name))
+        if not n:
+            return
+        on = stream() if callable(stream) else stream
+        copies: dict[int, tuple] = {}
+        call = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                if id(a) not in copies:
+                    copies[id(a)] = (a, cuda.to_device(a, stream=on))
+                call.append(copies[id(a)][1])
+            elif hasattr(a, "__cuda_array_interface__"):
+                call.append(cuda.as_cuda_array(a, sync=False))
+            else:
+                call.append(a)
+        kernel[math.ceil(n / block), block, on](n, *call)
+        for a, d in copies.values():
+            d.copy_to_host(a, stream=on)
+
+    return launch
+
+
+class Kernels:
+    """Every kernel of :data:`ismkernel.backends.KERNELS` on arrays of ``xp``,
+    run by ``launch(name, n_elements, *args)``; the signatures and results
+    are those of :mod:`ismkernel.backends.cpu.kernels`."""
+
+    def __init__(self, xp: Any, launch: Callable):
+        self.xp = xp
+        self.launch = launch
+
+    def _empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def gather(
+        self, tile, tile_start, ref, seq, start, width, pad=0.0, out=None, add=False
+    ):
+        """Rows ``[start[m], start[m] + width)`` of each mutant's values: its
+        tile where it covers them, else the reference, else ``pad`` (with
+        ``add``, added to ``out``)."""
+        n_mut = len(seq)
+        if out is None:
+            out = self._empty((n_mut, width, ref.shape[2]), ref.dtype)
+        if tile is None:
+            tile = self._empty((n_mut, 0, ref.shape[2]), ref.dtype)
+            tile_start = start
+        self.launch(
+            "gather",
+            out.size,
+            self.xp.ascontiguousarray(tile),
+            tile_start,
+            ref,
+            seq,
+            start,
+            ref.dtype.type(pad),
+            bool(add),
+            out,
+        )
+        return out
+
+    def change(self, tile, tile_start, ref, seq, out=None):
+        """Each mutant's values minus the reference on the tile's window."""
+        if out is None:
+            out = self._empty(tile.shape, tile.dtype)
+        tile = self.xp.ascontiguousarray(tile)
+        self.launch("change", tile.size, tile, tile_start, ref, seq, out)
+        return out
+
+    def change_sum(self, tile, tile_start, ref, seq):
+        """Per mutant and channel, the change summed over the window's rows."""
+        out = self._empty((tile.shape[0], tile.shape[2]), tile.dtype)
+        tile = self.xp.ascontiguousarray(tile)
+        self.launch("change_sum", out.size, tile, tile_start, ref, seq, out)
+        return out
+
+    def sum_rows(self, x):
+        """Per mutant and channel, ``x`` summed over its rows in order."""
+        out = self._empty((x.shape[0], x.shape[2]), x.dtype)
+        self.launch("sum_rows", out.size, self.xp.ascontiguousarray(x), out)
+        return out
+
+    def all_zero(self, x):
+        """Per mutant, whether its change is zero on every row."""
+        out = self._empty(x.shape[0], np.bool_)
+        self.launch("all_zero", len(out), self.xp.ascontiguousarray(x), out)
+        return out
+
+    def unchanged(self, tile, tile_start, ref, seq):
+        """Per mutant, whether its window equals the reference exactly."""
+        out = self._empty(len(seq), np.bool_)
+        tile = self.xp.ascontiguousarray(tile)
+        self.launch("unchanged", len(out), tile, tile_start, ref, seq, out)
+        return out
+
+    def relu(self, x):
+        """``max(x, 0)`` in place."""
+        if x.flags.c_contiguous:
+            flat = x.reshape(-1)
+            self.launch("relu", flat.size, flat)
+        else:
+            self.xp.maximum(x, x.dtype.type(0), out=x)
+        return x
+
+    def pool_window(
+        self,
+        tile,
+        tile_start,
+        ref,
+        seq,
+        out_start,
+        width,
+        pool,
+        stride,
+        left,
+        is_max,
+        out=None,
+    ):
+        """Max or average pooling of each mutant's rows on its output
+        window."""
+        if out is None:
+            out = self._empty((len(seq), width, ref.shape[2]), ref.dtype)
+        self.launch(
+            "pool_window",
+            out.size,
+            self.xp.ascontiguousarray(tile),
+            tile_start,
+            ref,
+            seq,
+            out_start,
+            int(pool),
+            int(stride),
+            int(left),
+            bool(is_max),
+            out,
+        )
+        return out
+
+    def lookup_add(
+        self,
         ref_out,
         seq,
         alt_taps,
@@ -164,25 +274,89 @@ def launch_lookup_add(
         pair,
         pos,
         out_start,
+        width,
         left,
         stride,
         dilation,
-    )
+        out=None,
+    ):
+        """First convolution on a mutated row: the reference window plus the
+        taps of the new row minus those of the old one."""
+        if out is None:
+            out = self._empty((len(seq), width, ref_out.shape[2]), ref_out.dtype)
+        self.launch(
+            "lookup_add",
+            out.size,
+            ref_out,
+            seq,
+            alt_taps,
+            alt,
+            ref_taps,
+            pair,
+            pos,
+            out_start,
+            int(left),
+            int(stride),
+            int(dilation),
+            out,
+        )
+        return out
 
-
-@cuda.jit
-def _unchanged(tile, tile_start, ref, seq, same):
-    i = cuda.grid(1)
-    n_mut, width, n_ch = tile.shape
-    if i >= n_mut * width * n_ch:
-        return
-    m, j, c = _element(i, width, n_ch)
-    if tile[m, j, c] != ref[seq[m], tile_start[m] + j, c]:
-        same[m] = 0  # every writer writes 0: no race
-
-
-def launch_unchanged(tile, tile_start, ref, seq, same):
-    """``same[m]`` (int8, set to 1 by the caller) becomes 0 where mutant
-    ``m``'s window differs from the reference anywhere."""
-    blocks, threads = _grid(tile.size)
-    _unchanged[blocks, threads](tile, tile_start, ref, seq, same)
+    def col2im_ref(
+        self,
+        out,
+        ref,
+        seq,
+        out_start,
+        taps,
+        in_start,
+        left,
+        stride,
+        dilation,
+        relu=False,
+        residual=None,
+        change=None,
+        sums=None,
+    ):
+        """The reference output window plus the per-tap products landing on
+        each row, then the fused epilogue (ReLU, residual, the result's
+        change, its row sums), as the cpu kernel of that name. With
+        ``sums``, one thread per mutant and channel walks the rows in order;
+        otherwise one thread per element."""
+        xp = self.xp
+        empty = xp.empty((len(out_start), 0, out.shape[2]), dtype=out.dtype)
+        mode, res, res_start, res_ref = 0, empty, out_start, empty
+        if residual is not None:
+            res, res_start, res_ref, is_change = residual
+            mode = 2 if is_change else 1
+            if res is None:
+                res, res_start = empty, out_start
+        emit, chg = 0, empty
+        if change is not None:
+            chg = change
+            emit = 2 if change is out else 1
+        if sums is not None and change is None:
+            raise ValueError("sums of the change need the change (change=)")
+        args = (
+            out,
+            ref,
+            seq,
+            out_start,
+            taps,
+            in_start,
+            int(left),
+            int(stride),
+            int(dilation),
+            bool(relu),
+            mode,
+            xp.ascontiguousarray(res),
+            res_start,
+            res_ref,
+            emit,
+            chg,
+        )
+        if sums is None:
+            self.launch("col2im_rows", out.size, *args)
+        else:
+            self.launch("col2im_columns", sums.size, *args, sums)
+        return out
