@@ -943,10 +943,10 @@ def test_resume_messages(tmp_path):
     out = tmp_path / "o.h5"
     run_job(_job(out, positions="0:4"))
     with h5py.File(out, "r+") as f:
-        f.attrs["backend"] = "cuda"
+        f.attrs["backend"] = "tpu"
     with pytest.raises(
         InputError,
-        match=r"written with --backend cuda, which this installation does not have",
+        match=r"written with --backend tpu, which this installation does not have",
     ):
         run_job(_job(out, positions="0:4", resume=True))
     with h5py.File(out, "r+") as f:
