@@ -820,7 +820,7 @@ def test_api_takes_what_the_command_line_takes():
         ismkernel.ism(model, x, positions=slice(0, 10, 0))
     with pytest.raises(InputError, match="its start must be an integer or None"):
         ismkernel.ism(model, x, positions=slice(1.5, 10))
-    res = ismkernel.ism(model, x, positions=slice(190, 200))
+    res = ismkernel.ism(model, x, positions=slice(190, 200), memory_budget="1G")
     assert res.positions.tolist() == list(range(190, 200))
     with pytest.raises(
         InputError,
