@@ -57,6 +57,7 @@ LOCAL = [
     "crop",
     "pad",
     "upsample",
+    "dilate",
     "merge",
     "concat",
     "dense",
@@ -120,6 +121,8 @@ def random_models(draw, max_nodes: int = 7, spatial_only: bool = False):
                 )
             elif kind == "upsample":
                 y = b.add(ops.UpSample1D(draw(st.integers(1, 3))), [x])
+            elif kind == "dilate":
+                y = b.add(ops.ZeroInsert1D(draw(st.integers(1, 3))), [x])
             else:
                 # a second branch of the same shape, then merge/concat
                 other = b.conv(x, ch, draw(st.integers(1, 4)), padding="same")

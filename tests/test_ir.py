@@ -168,6 +168,8 @@ def test_shape_errors_name_the_layer(op, weights, in_shapes, message):
         (ops.GlobalPool1D("max", axis=0, keepdims=True), {}, [(10, 4)], (1, 4)),
         (ops.GlobalPool1D("average", axis=1), {}, [(10, 4)], (10,)),
         (ops.UpSample1D(3), {}, [(10, 4)], (30, 4)),
+        (ops.ZeroInsert1D(3), {}, [(10, 4)], (28, 4)),
+        (ops.ZeroInsert1D(2), {}, [(None, 4)], (None, 4)),
         (ops.ZeroPad1D(1, 2), {}, [(10, 4)], (13, 4)),
         (ops.PReLU(), {"alpha": _w(1, 4)}, [(10, 4)], (10, 4)),
     ],

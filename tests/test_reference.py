@@ -233,3 +233,16 @@ def test_float32_stays_float32():
         with np.errstate(invalid="ignore", divide="ignore"):  # log, reciprocal
             y = reference.apply_activation(ops.Activation(fn), x)
         assert y.dtype == np.float32, fn
+
+
+def test_zero_insertion_puts_row_i_at_i_times_stride():
+    from ismkernel.ir import Node
+    from ismkernel.ir import nodes as ops
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    for stride in (1, 2, 3):
+        got = reference.apply(Node("z", ops.ZeroInsert1D(stride), ("x",)), [x])
+        want = np.zeros((2, 4 * stride + 1, 3), np.float32)
+        for i in range(5):
+            want[:, i * stride] = x[:, i]
+        np.testing.assert_array_equal(got, want)

@@ -459,6 +459,7 @@ class _Chunk:
             "pointwise": self._pointwise,
             "shift": self._shift,
             "upsample": self._upsample,
+            "dilate": self._dilate,
             "merge": self._merge,
             "concat": self._concat,
             "virtual": self._virtual,
@@ -743,6 +744,23 @@ class _Chunk:
         )
         idx = (start - first * p.factor)[:, None] + np.arange(p.width)[None, :]
         tile = xp.take_along_axis(x, self.di(idx[:, :, None]), axis=1)
+        return _State(tile=tile, start=start)
+
+    def _dilate(self, name, node, p, start) -> _State:
+        """Output row ``o`` is input row ``o / factor`` where that divides,
+        else zero."""
+        src = node.inputs[0]
+        xp = self.xp
+        first = -(-start // p.factor)  # the first input row on the window
+        n_in = (p.width - 1) // p.factor + 1
+        x = self._window_of(self.states.get(src), src, first, n_in)
+        rows = start[:, None] + np.arange(p.width)[None, :]
+        hit = rows % p.factor == 0
+        idx = np.where(hit, rows // p.factor - first[:, None], 0)
+        idx = np.clip(idx, 0, n_in - 1)
+        picked = xp.take_along_axis(x, self.di(idx[:, :, None]), axis=1)
+        tile = xp.where(self.di(hit[:, :, None]), picked, picked.dtype.type(0))
+        self._drop_gathered(x, self.states.get(src))
         return _State(tile=tile, start=start)
 
     def _shared(self, src: str, tile) -> bool:

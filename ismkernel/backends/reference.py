@@ -317,6 +317,15 @@ def _global_pool(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     return reduce(xs[0], axis=op.axis + 1, keepdims=op.keepdims)
 
 
+def _zero_insert(x, stride: int):
+    """Row ``i`` of ``x`` at row ``i * stride``, zero rows between."""
+    xp = _xp(x)
+    n, length, ch = x.shape
+    out = xp.zeros((n, (length - 1) * stride + 1, ch), dtype=x.dtype)
+    out[:, ::stride] = x
+    return out
+
+
 _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     ops.Conv1D: _conv1d,
     ops.Pool1D: _pool1d,
@@ -324,6 +333,7 @@ _OPS: dict[type, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     ops.ZeroPad1D: lambda n, xs: _xp(xs[0]).pad(
         xs[0], ((0, 0), (n.op.left, n.op.right), (0, 0))
     ),
+    ops.ZeroInsert1D: lambda n, xs: _zero_insert(xs[0], n.op.stride),
     ops.UpSample1D: lambda n, xs: _xp(xs[0]).repeat(xs[0], n.op.size, axis=1),
     ops.Activation: lambda n, xs: apply_activation(n.op, xs[0]),
     ops.PReLU: _prelu,

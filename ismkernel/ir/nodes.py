@@ -58,6 +58,7 @@ __all__ = [
     "Crop1D",
     "ZeroPad1D",
     "UpSample1D",
+    "ZeroInsert1D",
     "Activation",
     "PReLU",
     "ChannelAffine",
@@ -480,6 +481,41 @@ class ZeroPad1D(Op):
         if need[0] >= need[1]:
             return EMPTY
         return _clip_need(need[0] - self.left, need[1] - self.left, in_len)
+
+
+@dataclass(frozen=True)
+class ZeroInsert1D(Op):
+    """``stride - 1`` rows of zeros between consecutive rows: output row
+    ``i * stride`` is input row ``i``, the others are zero (length ``(L - 1)
+    * stride + 1``). A transposed convolution of stride ``s`` is this op
+    followed by a convolution with the kernel reversed."""
+
+    stride: int
+
+    @property
+    def affine(self) -> bool:
+        return True
+
+    def shape(self, node, in_shapes) -> Shape:
+        x = in_shapes[0]
+        _need_rank(node, x, 2, "(seq_len, n_channels)")
+        if x[0] is not None and x[0] < 1:
+            raise ShapeError(f"{node.where()}: an input of length {x[0]} has no rows")
+        return (_length(x[0], lambda n: (n - 1) * self.stride + 1), x[1])
+
+    def rule(self, node, in_shapes, out_shape) -> tuple[str, str]:
+        return "dilate", ""
+
+    def forward(self, intervals, in_lens, out_len) -> Interval:
+        lo, hi = intervals[0]
+        return clip_interval(lo * self.stride, (hi - 1) * self.stride + 1, out_len)
+
+    def backward(self, need, in_len, in_index) -> tuple[int, int]:
+        if need[0] >= need[1]:
+            return EMPTY
+        lo = -(-need[0] // self.stride)
+        hi = (need[1] - 1) // self.stride + 1
+        return _clip_need(lo, hi, in_len)
 
 
 @dataclass(frozen=True)

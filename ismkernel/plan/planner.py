@@ -74,6 +74,7 @@ STRATEGIES = (
     "pointwise",  # a row-local op applied on the window
     "shift",  # a crop or a pad: the input's window, shifted
     "upsample",  # rows repeated
+    "dilate",  # zero rows inserted between rows
     "merge",  # element-wise merge of the inputs' windows
     "concat",  # channel concatenation of the inputs' windows
     "virtual",  # a Flatten read only by Dense layers, never materialised
@@ -114,7 +115,8 @@ class NodePlan:
     offset : int
         ``shift``: output row ``o`` is input row ``o + offset``.
     factor : int
-        ``upsample``: each input row repeated ``factor`` times.
+        ``upsample``: each input row repeated ``factor`` times; ``dilate``:
+        input row ``i`` is output row ``i * factor``, zeros between.
     flops_naive, flops_plan : float
         Floating-point operations per mutant of a full forward pass of this
         node and of the plan's strategy (its tactic, once lowered).
@@ -527,6 +529,8 @@ def build_plan(
             p.offset = int(op.row_offset)
         elif strategy == "upsample":
             p.factor = int(op.size)
+        elif strategy == "dilate":
+            p.factor = int(op.stride)
         plans[name] = p
 
     # 2. Rows needed downstream, backwards.
@@ -664,7 +668,7 @@ def _cost(
     p.flops_plan = float(node.op.flops(node, in_shapes, (p.width, p.shape[1])))
     if p.strategy == "merge":
         p.bytes_per_mutant += size * len(node.inputs) * itemsize
-    elif p.strategy in ("shift", "upsample", "concat") or isinstance(
+    elif p.strategy in ("shift", "upsample", "dilate", "concat") or isinstance(
         op, (ops.ChannelSlice, ops.GlobalPool1D)
     ):
         # these move data into a new tile
