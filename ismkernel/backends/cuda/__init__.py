@@ -336,7 +336,9 @@ def _sink_bytes(sink, plan, feeds) -> int:
     edits = getattr(plan, "edits", None)
     if edits is not None:
         n_mutants = edits.n_sites * edits.n_variants
-    else:
+    elif plan.alternatives is not None:
         n_mutants = len(plan.positions) * len(plan.alternatives)
+    else:
+        return 0
     per_seq = sum(math.prod(plan.shapes[o]) for o in plan.graph.outputs)
     return int(n_seqs * (n_mutants + 1) * per_seq * itemsize)
