@@ -11,6 +11,15 @@ import ismkernel
 from ismkernel.errors import InputError
 from ismkernel.ir import nodes as ops
 from ismkernel.model import Model
+from ismkernel.reduce import (
+    FIELDS,
+    OutputAxes,
+    ProfileRange,
+    check_profile_options,
+    named_fields,
+    reduce_profile,
+    window_extreme,
+)
 
 
 def _profile_model():
@@ -122,3 +131,177 @@ def test_keras_fixture_reduce_runs_on_every_output():
     xs = fixture_inputs({k: data[k] for k in data.files}, "onehot")
     res = ismkernel.ism(model, xs if len(xs) > 1 else xs[0], positions=[0, 7])
     assert len(res.reduce("l2")) == len(model.outputs)
+
+
+# Profile reducers: against loops written from their definitions.
+
+
+def _loop_extreme(values, start, end, largest):
+    """values (m, L, C): per mutant and channel, the first extreme over rows
+    [start, end) and its row, by a Python loop."""
+    m, _, c = values.shape
+    val = np.full((m, c), np.nan, dtype=values.dtype)
+    row = np.full((m, c), -1, dtype=np.int64)
+    for i in range(m):
+        for j in range(c):
+            for r in range(start[i], end[i]):
+                v = values[i, r, j]
+                better = v > val[i, j] if largest else v < val[i, j]
+                if row[i, j] < 0 or better:
+                    val[i, j], row[i, j] = v, r
+    return val, row
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_window_extreme_takes_the_first_extreme_in_each_range(largest):
+    rng = np.random.default_rng(5)
+    # quarter steps: many ties, which the first row must win
+    values = (rng.integers(-3, 4, (40, 17, 3)) / 4).astype(np.float32)
+    start = rng.integers(0, 17, 40)
+    end = np.minimum(start + rng.integers(0, 9, 40), 17)
+    val, row = window_extreme(values, 1, start, end, largest=largest)
+    want_val, want_row = _loop_extreme(values, start, end, largest)
+    np.testing.assert_array_equal(row, want_row)
+    np.testing.assert_array_equal(val, want_val)
+    assert np.isnan(val[end <= start]).all() and (end <= start).any()
+
+
+def test_window_extreme_propagates_nan_in_its_range_only():
+    values = np.zeros((2, 6, 1), np.float32)
+    values[:, 4] = np.nan
+    values[:, 1] = 1.0
+    val, row = window_extreme(values, 1, np.array([0, 0]), np.array([4, 6]))
+    assert val[0, 0] == 1.0 and row[0, 0] == 1
+    assert np.isnan(val[1, 0])
+
+
+def _spliceai_loop(mut, ref, start, end, centre, acc=1, don=2):
+    """SpliceAI's delta scores of one mutant, as its package forms them
+    (``get_delta_scores``) on the rows [start, end) of the profiles ``(L,
+    C)``, positions from row ``centre``."""
+    y_ref, y_alt = ref[start:end], mut[start:end]
+    idx_pa = (y_alt[:, acc] - y_ref[:, acc]).argmax()
+    idx_na = (y_ref[:, acc] - y_alt[:, acc]).argmax()
+    idx_pd = (y_alt[:, don] - y_ref[:, don]).argmax()
+    idx_nd = (y_ref[:, don] - y_alt[:, don]).argmax()
+    ds = [
+        y_alt[idx_pa, acc] - y_ref[idx_pa, acc],
+        y_ref[idx_na, acc] - y_alt[idx_na, acc],
+        y_alt[idx_pd, don] - y_ref[idx_pd, don],
+        y_ref[idx_nd, don] - y_alt[idx_nd, don],
+    ]
+    dp = [i + start - centre for i in (idx_pa, idx_na, idx_pd, idx_nd)]
+    return np.array(ds + dp, dtype=np.float64)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("around", [None, 4])
+def test_spliceai_delta_scores_follow_the_package_definition(channels_first, around):
+    rng = np.random.default_rng(11)
+    n, P, A, L, C, seq_len = 2, 5, 4, 21, 3, 31
+    # softmax-like profiles with ties in the change
+    ref = rng.dirichlet(np.ones(C), (n, L)).astype(np.float32)
+    step = (rng.integers(-2, 3, (n, P, A, L, C)) / 64).astype(np.float32)
+    mut = ref[:, None, None] + step
+    positions = np.array([0, 3, 15, 27, 30])
+    span = ProfileRange(around=around)
+    start, end, origin = span.rows(positions, seq_len, L, "splice")
+    if channels_first:
+        axes = OutputAxes("splice", (C, L), 1, 0)
+        delta = np.swapaxes(mut - ref[:, None, None], -1, -2)
+    else:
+        axes = OutputAxes("splice", (L, C), 0, 1)
+        delta = mut - ref[:, None, None]
+    at = (None, slice(None), None)
+    got = reduce_profile(delta, "spliceai", axes, start[at], end[at], origin[at])
+    assert got.shape == (n, P, A, 8)
+    for i in range(n):
+        for p in range(P):
+            for a in range(A):
+                if end[p] <= start[p]:
+                    assert np.isnan(got[i, p, a]).all()
+                    continue
+                want = _spliceai_loop(mut[i, p, a], ref[i], start[p], end[p], origin[p])
+                np.testing.assert_allclose(got[i, p, a], want, rtol=0, atol=1e-6)
+    fields = named_fields("spliceai", got)
+    assert list(fields) == list(FIELDS["spliceai"])
+    np.testing.assert_array_equal(fields["DP_DL"], got[..., 7])
+
+
+def test_profile_range_rows():
+    pos = np.array([0, 10, 59])
+    # output of 40 rows centred on an input of 60: row r is position r + 10
+    start, end, origin = ProfileRange(around=2).rows(pos, 60, 40)
+    np.testing.assert_array_equal(origin, [-10, 0, 49])
+    np.testing.assert_array_equal(start, [0, 0, 40])
+    np.testing.assert_array_equal(end, [0, 3, 40])
+    start, end, origin = ProfileRange(over=(5, None)).rows(pos, 60, 40)
+    np.testing.assert_array_equal(start, [5, 5, 5])
+    np.testing.assert_array_equal(end, [40, 40, 40])
+    np.testing.assert_array_equal(origin, [0, 0, 0])
+    assert ProfileRange(around=2).hull(pos, 60, 40) == (0, 3)
+    assert ProfileRange(around=2).hull([0], 60, 40) == (0, 0)
+    assert ProfileRange.of("1:4").over == (1, 4)
+    assert ProfileRange.of(around="7").around == 7
+
+
+def test_max_and_min_keep_channels_and_report_rows():
+    rng = np.random.default_rng(3)
+    delta = rng.normal(size=(1, 2, 3, 12, 4)).astype(np.float32)
+    axes = OutputAxes("p", (12, 4), 0, 1)
+    start, end, origin = ProfileRange(over=(2, 9)).rows([0, 5], 12, 12)
+    at = (None, slice(None), None)
+    for kind, pick in (("max", np.max), ("min", np.min)):
+        got = reduce_profile(
+            delta, kind, axes, start[at], end[at], origin[at], tasks=[3, 1]
+        )
+        assert got.shape == (1, 2, 3, 2, 2)
+        window = delta[..., 2:9, :][..., [3, 1]]
+        np.testing.assert_array_equal(got[..., 0], pick(window, axis=-2))
+        rows = (window.argmax if kind == "max" else window.argmin)(axis=-2) + 2
+        np.testing.assert_array_equal(got[..., 1], rows)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ProfileRange(over=(0, 5), around=3), "either over= .* not both"),
+        (lambda: ProfileRange(around=-1), "around must be a number of rows >= 0"),
+        (lambda: ProfileRange.of(around="ten"), "around must be a number of rows"),
+        (
+            lambda: ProfileRange(over=(0, 50)).rows([0], 100, 40, "prof"),
+            "over 0:50 is out of range for output 'prof' of length 40",
+        ),
+        (
+            lambda: ProfileRange(around=1).rows([0], 10, 40, "prof"),
+            "output 'prof' has 40 rows for an input of 10; give over=START:END",
+        ),
+        (
+            lambda: _reduce_toy("spliceai", tasks=[1]),
+            "takes tasks=\\[acceptor, donor\\], two channel indices",
+        ),
+        (
+            lambda: _reduce_toy("max", axes=OutputAxes("counts", (3,), None, 0)),
+            "needs a profile output with a length axis; output 'counts'",
+        ),
+        (lambda: _reduce_toy("median"), "reduce must be one of"),
+        (
+            lambda: check_profile_options("max", (0, 4)),
+            "sum_over would sum away; give its rows as over=START:END",
+        ),
+        (
+            lambda: named_fields("spliceai", np.zeros((2, 3))),
+            "do not end in the 8 fields of reduce='spliceai'",
+        ),
+    ],
+)
+def test_profile_reducer_errors(make, match):
+    with pytest.raises(InputError, match=match):
+        make()
+
+
+def _reduce_toy(kind, tasks=None, axes=None):
+    axes = axes or OutputAxes("toy", (6, 3), 0, 1)
+    delta = np.zeros((1, 1, 1) + axes.shape, np.float32)
+    z = np.zeros((1, 1, 1), np.int64)
+    return reduce_profile(delta, kind, axes, z, z + 6, z, tasks=tasks)
