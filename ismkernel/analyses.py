@@ -38,6 +38,8 @@ __all__ = [
     "shuffles",
     "pairwise",
     "design",
+    "Pairwise",
+    "Designer",
     "ScanResult",
     "PairwiseResult",
     "DesignResult",
@@ -272,7 +274,12 @@ def _kmer_shuffle(symbols: np.ndarray, k: int, rng: np.random.Generator):
 
 
 def shuffles(
-    x: Any, starts: Any, w: int, n: int, k: int = 2, seed: int | None = None
+    x: Any,
+    starts: Any,
+    w: int,
+    n: int,
+    k: int = 2,
+    seed: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Per-start shuffles of each sequence's own window, for tile-shuffle
     scans: the window's rows permuted, keeping the counts of every ``k``-mer
@@ -292,7 +299,7 @@ def shuffles(
     k : int
         Length of the row ``k``-mers whose counts are kept (1: a plain
         permutation).
-    seed : int, optional
+    seed : int or numpy.random.Generator, optional
 
     Returns
     -------
@@ -316,7 +323,7 @@ def shuffles(
     if w > arr.shape[1]:
         raise InputError(f"w={w} is longer than the sequences ({arr.shape[1]})")
     starts = _check_starts(starts, arr.shape[1], w)
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     out = np.empty((arr.shape[0], len(starts), n, w, arr.shape[2]), dtype=arr.dtype)
     for s_i, seq in enumerate(arr):
         rows, symbols = np.unique(seq, axis=0, return_inverse=True)
@@ -525,87 +532,159 @@ def pairwise(
     """
     if reduce is not None and reduce not in PAIR_REDUCERS:
         raise InputError(f"reduce must be one of {PAIR_REDUCERS}, got {reduce!r}")
-    max_distance = check_positive_int(max_distance, "max_distance")
-    if pairs is not None and (positions is not None or max_distance is not None):
-        raise InputError("give pairs, or positions and max_distance, not both")
-    window = parse_range(sum_over, "sum_over")
-    model = _pick(model, x, outputs)
-    seq, dtype = _sequences(model, x, ism_options)
-    seq_len = seq.shape[1]
-    alts = check_alternatives(alternatives, seq.shape[2], dtype)
-    if pairs is not None:
-        pair_arr = _check_pairs(pairs, seq_len)
-    else:
-        pair_arr = _pairs_within(check_positions(positions, seq_len), max_distance)
-        if not len(pair_arr):
-            raise InputError(
-                f"no pair of the positions lies within max_distance={max_distance}"
-            )
-    union = np.unique(pair_arr)
-    options = dict(ism_options)
-    singles = IsmRun(model, positions=union, alternatives=alts, **options)
-    one = singles(x, progress=progress)
-    plan = singles.plan_for(x)[3]
-    first = np.searchsorted(union, pair_arr[:, 0])
-    second = np.searchsorted(union, pair_arr[:, 1])
-    independent = independent_pairs(plan, first, second)
-    dependent = np.flatnonzero(~independent)
-
-    def pick(arrays, lead):
-        return [
-            select_output(a, ax, lead, tasks, window) for a, ax in zip(arrays, one.axes)
-        ]
-
-    single_out = pick(one.outputs, 3)
-    reference = pick(one.reference, 1)
-    n_seqs, n_alts = seq.shape[0], len(alts)
-    doubles = None
-    stats = {"singles": one.stats, "n_independent": int(independent.sum())}
-    # A double mutant one side of which writes the reference row is that
-    # side's single mutant: copied, never computed.
-    held_i = np.all(seq[:, pair_arr[:, 0], None, :] == alts, axis=-1)  # (n, P, A)
-    held_j = np.all(seq[:, pair_arr[:, 1], None, :] == alts, axis=-1)
-    if len(dependent):
-        run = _PairRun(model, pair_arr[dependent], alts, **options)
-        kept = tasks is None and window is None
-        skip = held_i[:, dependent, :, None] | held_j[:, dependent, None, :]
-        res = run(
-            x, progress=progress, reduce=None if kept else "raw", tasks=tasks,
-            sum_over=sum_over, keep_outputs=kept,
-            skip=skip.reshape(n_seqs, len(dependent), -1),
-        )  # fmt: skip
-        doubles = res.outputs if kept else res.scores
-        stats["pairs"] = res.stats
-    outputs, pair_singles = [], []
-    for k, (s_out, ref) in enumerate(zip(single_out, reference)):
-        s_i, s_j = s_out[:, first], s_out[:, second]  # (n, pairs, A, *sel)
-        f = s_i[:, :, :, None] + s_j[:, :, None, :] - ref[:, None, None, None]
-        if doubles is not None:
-            f[:, dependent] = doubles[k].reshape(
-                (n_seqs, len(dependent), n_alts, n_alts) + ref.shape[1:]
-            )
-        n_i, p_i, a_i = np.nonzero(held_i)
-        f[n_i, p_i, a_i] = s_j[n_i, p_i]
-        n_j, p_j, b_j = np.nonzero(held_j)
-        f[n_j, p_j, :, b_j] = s_i[n_j, p_j]
-        outputs.append(f)
-        pair_singles.append(np.stack([s_i, s_j], axis=2))
-    result = PairwiseResult(
-        pairs=pair_arr,
-        alternatives=alts,
+    run = Pairwise(
+        model,
+        positions=positions,
+        max_distance=max_distance,
+        pairs=pairs,
+        alternatives=alternatives,
         outputs=outputs,
-        singles=pair_singles,
-        reference=reference,
-        independent=independent,
-        output_names=one.output_names,
-        backend=one.backend,
-        stats=stats,
         tasks=tasks,
         sum_over=sum_over,
+        **ism_options,
     )
+    result = run(x, progress=progress)
     if reduce is not None:
-        result.scores = [result.reduce(reduce, k) for k in range(len(outputs))]
+        result.scores = [result.reduce(reduce, k) for k in range(len(result.outputs))]
     return result
+
+
+class Pairwise:
+    """:func:`pairwise` with its arguments fixed, for many batches of
+    sequences: the pairs, the single mutants' plan and the pairs' plan are
+    made once per sequence length and reused."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        positions: Any = None,
+        max_distance: int | None = None,
+        pairs: Any = None,
+        alternatives: Any = None,
+        outputs: Any = None,
+        tasks: Any = None,
+        sum_over: Any = None,
+        **ism_options,
+    ):
+        self.max_distance = check_positive_int(max_distance, "max_distance")
+        if pairs is not None and (
+            positions is not None or self.max_distance is not None
+        ):
+            raise InputError("give pairs, or positions and max_distance, not both")
+        self.window = parse_range(sum_over, "sum_over")
+        self.model, self.outputs = model, outputs
+        self.positions, self.pairs, self.alternatives = positions, pairs, alternatives
+        self.tasks, self.sum_over = tasks, sum_over
+        self.options = dict(ism_options)
+        self._ready: dict[tuple, dict] = {}
+
+    def setup(self, x: Any) -> dict:
+        """The pairs and both runs for sequences like ``x`` (made once per
+        shape)."""
+        model = _pick(self.model, x, self.outputs)
+        seq, dtype = _sequences(model, x, self.options)
+        key = seq.shape[1:]
+        if key in self._ready:
+            return self._ready[key]
+        seq_len = seq.shape[1]
+        alts = check_alternatives(self.alternatives, seq.shape[2], dtype)
+        if self.pairs is not None:
+            pair_arr = _check_pairs(self.pairs, seq_len)
+        else:
+            pair_arr = _pairs_within(
+                check_positions(self.positions, seq_len), self.max_distance
+            )
+            if not len(pair_arr):
+                raise InputError(
+                    "no pair of the positions lies within "
+                    f"max_distance={self.max_distance}"
+                )
+        union = np.unique(pair_arr)
+        singles = IsmRun(model, positions=union, alternatives=alts, **self.options)
+        plan = singles.plan_for(x)[3]
+        first = np.searchsorted(union, pair_arr[:, 0])
+        second = np.searchsorted(union, pair_arr[:, 1])
+        independent = independent_pairs(plan, first, second)
+        dependent = np.flatnonzero(~independent)
+        doubles = (
+            _PairRun(model, pair_arr[dependent], alts, **self.options)
+            if len(dependent)
+            else None
+        )
+        self._ready[key] = ready = dict(
+            model=model,
+            pairs=pair_arr,
+            alternatives=alts,
+            singles=singles,
+            doubles=doubles,
+            first=first,
+            second=second,
+            independent=independent,
+            dependent=dependent,
+        )
+        return ready
+
+    def __call__(self, x: Any, progress: Any = False) -> PairwiseResult:
+        r = self.setup(x)
+        seq, _ = _sequences(r["model"], x, self.options)
+        pair_arr, alts = r["pairs"], r["alternatives"]
+        first, second = r["first"], r["second"]
+        independent, dependent = r["independent"], r["dependent"]
+        tasks, window = self.tasks, self.window
+        kept = tasks is None and window is None
+        # the single mutants, reduced to the chosen tasks and range as they come
+        one = r["singles"](
+            x, progress=progress, reduce=None if kept else "raw", tasks=tasks,
+            sum_over=self.sum_over, keep_outputs=kept,
+        )  # fmt: skip
+        if kept:
+            single_out, reference = one.outputs, one.reference
+        else:
+            single_out, reference = one.scores, one.score_reference
+        n_seqs, n_alts = seq.shape[0], len(alts)
+        doubles = None
+        stats = {"singles": one.stats, "n_independent": int(independent.sum())}
+        # A double mutant one side of which writes the reference row is that
+        # side's single mutant: copied, never computed.
+        held_i = np.all(seq[:, pair_arr[:, 0], None, :] == alts, axis=-1)  # (n, P, A)
+        held_j = np.all(seq[:, pair_arr[:, 1], None, :] == alts, axis=-1)
+        if r["doubles"] is not None:
+            skip = held_i[:, dependent, :, None] | held_j[:, dependent, None, :]
+            res = r["doubles"](
+                x, progress=progress, reduce=None if kept else "raw", tasks=tasks,
+                sum_over=self.sum_over, keep_outputs=kept,
+                skip=skip.reshape(n_seqs, len(dependent), -1),
+            )  # fmt: skip
+            doubles = res.outputs if kept else res.scores
+            stats["pairs"] = res.stats
+        outputs, pair_singles = [], []
+        for k, (s_out, ref) in enumerate(zip(single_out, reference)):
+            s_i, s_j = s_out[:, first], s_out[:, second]  # (n, pairs, A, *sel)
+            f = s_i[:, :, :, None] + s_j[:, :, None, :] - ref[:, None, None, None]
+            if doubles is not None:
+                f[:, dependent] = doubles[k].reshape(
+                    (n_seqs, len(dependent), n_alts, n_alts) + ref.shape[1:]
+                )
+            n_i, p_i, a_i = np.nonzero(held_i)
+            f[n_i, p_i, a_i] = s_j[n_i, p_i]
+            n_j, p_j, b_j = np.nonzero(held_j)
+            f[n_j, p_j, :, b_j] = s_i[n_j, p_j]
+            outputs.append(f)
+            pair_singles.append(np.stack([s_i, s_j], axis=2))
+        return PairwiseResult(
+            pairs=pair_arr,
+            alternatives=alts,
+            outputs=outputs,
+            singles=pair_singles,
+            reference=reference,
+            independent=independent,
+            output_names=one.output_names,
+            backend=one.backend,
+            stats=stats,
+            tasks=tasks,
+            sum_over=self.sum_over,
+        )
 
 
 def _pick(model: Model, x: Any, outputs: Any) -> Model:
@@ -761,132 +840,191 @@ def design(
     **ism_options
         As for :func:`ism`.
     """
-    obj = Objective.parse(objective)
-    rounds = check_positive_int(rounds, "rounds")
-    beam = check_positive_int(beam, "beam")
-    if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0
-    ):
-        raise InputError(f"tol must be a non-negative number or None, got {tol!r}")
-    (k,) = output_indices(
-        model.specialize(x).output_names, obj.output, "objective output"
+    designer = Designer(
+        model,
+        objective,
+        rounds=rounds,
+        positions=positions,
+        alternatives=alternatives,
+        beam=beam,
+        tol=tol,
+        **ism_options,
     )
-    # only the objective's output is computed
-    model = _pick(model, x, [k])
-    k = 0
-    run = IsmRun(model, positions=positions, alternatives=alternatives, **ism_options)
-    mdl, feeds, index, plan, rows = run.plan_for(x)
-    names = mdl.output_names
-    axes = mdl.output_axes[k]
-    window = parse_range(obj.sum_over, "objective sum_over")
-    select_output(np.zeros((1,) + tuple(axes.shape)), axes, 1, obj.tasks, window)
-    edits, sign = plan.edits, obj.sign
-    n_seqs = feeds[index].shape[0]
-    n_pos, n_alts = edits.n_sites, edits.n_variants
-    incremental = run.backend_name != "reference"
-    backend = run.backend
+    return designer(x, progress=progress)
 
-    feeds = [np.array(f, copy=True) for f in feeds]
-    member_of = np.arange(n_seqs)
-    history: list[list[tuple[int, int]]] = [[] for _ in range(n_seqs)]
-    values: list[list[float]] = [[] for _ in range(n_seqs)]
-    stopped = np.zeros(n_seqs, dtype=bool)
-    state = engine.reference_state(backend, plan, feeds) if incremental else None
-    stats: dict = {"rounds": []}
-    for _ in range(rounds):
-        sink = run.score_sink(mdl, rows, "raw", obj.tasks, obj.sum_over, picks=[k])
-        stats["rounds"].append(run.run_plan(plan, feeds, sink, progress, state))
-        n_m = len(member_of)
-        score = sign * np.asarray(
-            sink.scores[k].reshape(n_m, n_pos, n_alts, -1).sum(axis=-1),
-            dtype=np.float64,
-        )
-        current = np.asarray(sink.reference[k].reshape(n_m, -1).sum(axis=-1))
-        for m in range(n_m):
-            if not values[m]:
-                values[m].append(float(current[m]))
-        score[edits.unchanged(feeds[index])] = -np.inf
-        parents, sites, variants, new_of, new_hist, new_vals = [], [], [], [], [], []
+
+class Designer:
+    """:func:`design` with its arguments fixed, for many batches of
+    sequences: the plan (of the objective's output only) is made once per
+    sequence length and reused."""
+
+    def __init__(
+        self,
+        model: Model,
+        objective: Any,
+        *,
+        rounds: int,
+        positions: Any = None,
+        alternatives: Any = None,
+        beam: int = 1,
+        tol: float | None = None,
+        **ism_options,
+    ):
+        self.objective = Objective.parse(objective)
+        self.rounds = check_positive_int(rounds, "rounds")
+        self.beam = check_positive_int(beam, "beam")
+        if tol is not None and (
+            isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0
+        ):
+            raise InputError(f"tol must be a non-negative number or None, got {tol!r}")
+        self.tol = tol
+        self.model = model
+        self.positions, self.alternatives = positions, alternatives
+        self.options = ism_options
+        self._runs: dict = {}
+
+    def run_for(self, x: Any):
+        """The ISM run of the objective's output for sequences like ``x``."""
+        obj = self.objective
+        full = self.model.specialize(x)
+        (k,) = output_indices(full.output_names, obj.output, "objective output")
+        key = id(full)
+        if key not in self._runs:
+            model = _pick(full, x, [k])  # only the objective's output is computed
+            axes = model.output_axes[0]
+            window = parse_range(obj.sum_over, "objective sum_over")
+            select_output(
+                np.zeros((1,) + tuple(axes.shape)), axes, 1, obj.tasks, window
+            )
+            self._runs[key] = IsmRun(
+                model,
+                positions=self.positions,
+                alternatives=self.alternatives,
+                **self.options,
+            )
+        return self._runs[key]
+
+    def __call__(self, x: Any, progress: Any = False) -> DesignResult:
+        obj, rounds, beam, tol = self.objective, self.rounds, self.beam, self.tol
+        run = self.run_for(x)
+        k = 0
+        mdl, feeds, index, plan, rows = run.plan_for(x)
+        names = mdl.output_names
+        edits, sign = plan.edits, obj.sign
+        n_seqs = feeds[index].shape[0]
+        n_pos, n_alts = edits.n_sites, edits.n_variants
+        incremental = run.backend_name != "reference"
+        backend = run.backend
+        feeds = [np.array(f, copy=True) for f in feeds]
+        member_of = np.arange(n_seqs)
+        history: list[list[tuple[int, int]]] = [[] for _ in range(n_seqs)]
+        values: list[list[float]] = [[] for _ in range(n_seqs)]
+        stopped = np.zeros(n_seqs, dtype=bool)
+        state = engine.reference_state(backend, plan, feeds) if incremental else None
+        stats: dict = {"rounds": []}
+        for _ in range(rounds):
+            sink = run.score_sink(mdl, rows, "raw", obj.tasks, obj.sum_over, picks=[k])
+            stats["rounds"].append(run.run_plan(plan, feeds, sink, progress, state))
+            n_m = len(member_of)
+            score = sign * np.asarray(
+                sink.scores[k].reshape(n_m, n_pos, n_alts, -1).sum(axis=-1),
+                dtype=np.float64,
+            )
+            current = np.asarray(sink.reference[k].reshape(n_m, -1).sum(axis=-1))
+            for m in range(n_m):
+                if not values[m]:
+                    values[m].append(float(current[m]))
+            score[edits.unchanged(feeds[index])] = -np.inf
+            parents, sites, variants, new_of, new_hist, new_vals = (
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+            )
+            for s in range(n_seqs):
+                members = np.flatnonzero(member_of == s)
+                cand = score[members].reshape(-1)
+                order = np.argsort(-cand, kind="stable")
+                best_now = max(sign * current[m] for m in members)
+                top = cand[order[0]] if len(order) else -np.inf
+                if (
+                    stopped[s]
+                    or not np.isfinite(top)
+                    or (tol is not None and top - best_now <= tol)
+                ):
+                    stopped[s] = True
+                    for m in members:
+                        parents.append(m)
+                        sites.append(-1)
+                        variants.append(-1)
+                        new_of.append(s)
+                        new_hist.append(history[m])
+                        new_vals.append(values[m])
+                    continue
+                seen: set[bytes] = set()
+                for o in order:
+                    if len(seen) == beam or not np.isfinite(cand[o]):
+                        break
+                    mi, rest = divmod(int(o), n_pos * n_alts)
+                    pi, ai = divmod(rest, n_alts)
+                    parent = members[mi]
+                    edited = feeds[index][parent].copy()
+                    rows_i = edits.starts[pi] + edits.offsets[pi]
+                    edited[rows_i] = edits.rows(np.array([parent]), pi, ai)
+                    key = edited.tobytes()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    parents.append(parent)
+                    sites.append(pi)
+                    variants.append(ai)
+                    new_of.append(s)
+                    new_hist.append(history[parent] + [(int(edits.starts[pi]), ai)])
+                    new_vals.append(values[parent] + [float(sign * cand[o])])
+            parents = np.asarray(parents, dtype=np.int64)
+            sites = np.asarray(sites, dtype=np.int64)
+            variants = np.asarray(variants, dtype=np.int64)
+            if incremental:
+                state = engine.commit(
+                    backend, plan, feeds, state, parents, sites, variants
+                )
+            feeds = [f[parents] for f in feeds]
+            for i in np.flatnonzero(sites >= 0):
+                rows_i = edits.starts[sites[i]] + edits.offsets[sites[i]]
+                feeds[index][i, rows_i] = edits.rows(
+                    np.array([parents[i]]), sites[i], variants[i]
+                )
+            member_of = np.asarray(new_of)
+            history, values = new_hist, new_vals
+            if stopped.all():
+                break
+
+        out_edits = np.full((n_seqs, rounds, 2), -1, dtype=np.int64)
+        out_obj = np.full((n_seqs, rounds + 1), np.nan)
+        best, members_by_seq = [], []
         for s in range(n_seqs):
             members = np.flatnonzero(member_of == s)
-            cand = score[members].reshape(-1)
-            order = np.argsort(-cand, kind="stable")
-            best_now = max(sign * current[m] for m in members)
-            top = cand[order[0]] if len(order) else -np.inf
-            if (
-                stopped[s]
-                or not np.isfinite(top)
-                or (tol is not None and top - best_now <= tol)
-            ):
-                stopped[s] = True
-                for m in members:
-                    parents.append(m)
-                    sites.append(-1)
-                    variants.append(-1)
-                    new_of.append(s)
-                    new_hist.append(history[m])
-                    new_vals.append(values[m])
-                continue
-            seen: set[bytes] = set()
-            for o in order:
-                if len(seen) == beam or not np.isfinite(cand[o]):
-                    break
-                mi, rest = divmod(int(o), n_pos * n_alts)
-                pi, ai = divmod(rest, n_alts)
-                parent = members[mi]
-                edited = feeds[index][parent].copy()
-                rows_i = edits.starts[pi] + edits.offsets[pi]
-                edited[rows_i] = edits.rows(np.array([parent]), pi, ai)
-                key = edited.tobytes()
-                if key in seen:
-                    continue
-                seen.add(key)
-                parents.append(parent)
-                sites.append(pi)
-                variants.append(ai)
-                new_of.append(s)
-                new_hist.append(history[parent] + [(int(edits.starts[pi]), ai)])
-                new_vals.append(values[parent] + [float(sign * cand[o])])
-        parents = np.asarray(parents, dtype=np.int64)
-        sites = np.asarray(sites, dtype=np.int64)
-        variants = np.asarray(variants, dtype=np.int64)
-        if incremental:
-            state = engine.commit(backend, plan, feeds, state, parents, sites, variants)
-        feeds = [f[parents] for f in feeds]
-        for i in np.flatnonzero(sites >= 0):
-            rows_i = edits.starts[sites[i]] + edits.offsets[sites[i]]
-            feeds[index][i, rows_i] = edits.rows(
-                np.array([parents[i]]), sites[i], variants[i]
-            )
-        member_of = np.asarray(new_of)
-        history, values = new_hist, new_vals
-        if stopped.all():
-            break
-
-    out_edits = np.full((n_seqs, rounds, 2), -1, dtype=np.int64)
-    out_obj = np.full((n_seqs, rounds + 1), np.nan)
-    best, members_by_seq = [], []
-    for s in range(n_seqs):
-        members = np.flatnonzero(member_of == s)
-        ranked = sorted(members, key=lambda m: -sign * values[m][-1])
-        best.append(ranked[0])
-        members_by_seq.append(ranked + [ranked[-1]] * (beam - len(ranked)))
-        m = ranked[0]
-        for r, (pos, alt) in enumerate(history[m]):
-            out_edits[s, r] = (pos, alt)
-        out_obj[s, : len(values[m])] = values[m]
-    perm = mdl.input_perms[index]
-    seqs = feeds[index]
-    return DesignResult(
-        sequences=_from_ir(seqs[np.asarray(best)], perm, 1),
-        edits=out_edits,
-        objective=out_obj,
-        alternatives=edits.variant_rows(),
-        positions=edits.starts,
-        beam=_from_ir(seqs[np.asarray(members_by_seq).reshape(-1)], perm, 1).reshape(
-            (n_seqs, beam) + tuple(_from_ir(seqs[:1], perm, 1).shape[1:])
-        ),
-        output_name=names[k],
-        backend=run.backend_name,
-        stats=stats,
-    )
+            ranked = sorted(members, key=lambda m: -sign * values[m][-1])
+            best.append(ranked[0])
+            members_by_seq.append(ranked + [ranked[-1]] * (beam - len(ranked)))
+            m = ranked[0]
+            for r, (pos, alt) in enumerate(history[m]):
+                out_edits[s, r] = (pos, alt)
+            out_obj[s, : len(values[m])] = values[m]
+        perm = mdl.input_perms[index]
+        seqs = feeds[index]
+        return DesignResult(
+            sequences=_from_ir(seqs[np.asarray(best)], perm, 1),
+            edits=out_edits,
+            objective=out_obj,
+            alternatives=edits.variant_rows(),
+            positions=edits.starts,
+            beam=_from_ir(
+                seqs[np.asarray(members_by_seq).reshape(-1)], perm, 1
+            ).reshape((n_seqs, beam) + tuple(_from_ir(seqs[:1], perm, 1).shape[1:])),
+            output_name=names[k],
+            backend=run.backend_name,
+            stats=stats,
+        )

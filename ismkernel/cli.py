@@ -15,11 +15,20 @@ __all__ = ["main"]
 def _inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ismkernel.backends import get_backend
     from ismkernel.errors import InputError
     from ismkernel.inputs import seq_input_index
     from ismkernel.model import load_model
-    from ismkernel.plan import build_plan
+    from ismkernel.plan import Edits
+    from ismkernel.plan.pairs import independent_pairs
 
+    for flag in ("width", "max_distance"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(
+                f"--{flag.replace('_', '-')} must be a positive integer, got {value}"
+            )
+    backend = get_backend(args.backend)
     model = load_model(args.model)
     if model.deferred_length:
         if args.length is None:
@@ -42,9 +51,55 @@ def _inspect(args: argparse.Namespace) -> int:
     if any(None in s for s in shapes.values()):
         print("\nAn input has a free dimension; the ISM plan needs fixed shapes.")
         return 0
-    plan = build_plan(graph, graph.inputs[index], shapes, np.arange(length))
-    print("\nISM plan (per mutant):")
+    n_ch = shapes[name][-1]
+    seq = graph.inputs[index]
+    alts = np.eye(n_ch, dtype=np.float32)
+    # The plan a run on this backend uses: its tactics and fusion records.
+    plan = backend.plan(
+        graph,
+        seq,
+        shapes,
+        np.arange(length),
+        edits=Edits.point(np.arange(length), alts),
+    )
+    print(f"\nISM plan ({backend.name} backend; per mutant):")
     print(plan.describe())
+    if args.width is not None:
+        w = args.width
+        if w > length:
+            raise InputError(f"--width {w} is longer than the sequence ({length})")
+        starts = np.arange(length - w + 1)
+        edits = Edits(
+            starts,
+            np.broadcast_to(np.arange(w), (len(starts), w)).copy(),
+            np.zeros((1, w, n_ch), np.float32),
+        )
+        scan = backend.plan(graph, seq, shapes, starts, edits=edits)
+        print(f"\nWindow scan plan (windows of {w} rows, every start; per edit):")
+        print(scan.describe())
+    if args.max_distance is not None:
+        from ismkernel.analyses import _pairs_within
+
+        pairs = _pairs_within(np.arange(length), args.max_distance)
+        if not len(pairs):
+            raise InputError(f"no pairs lie within --max-distance {args.max_distance}")
+        free = independent_pairs(plan, pairs[:, 0], pairs[:, 1])
+        a, b = np.divmod(np.arange(n_ch * n_ch), n_ch)
+        edits = Edits(
+            pairs[:, 0],
+            np.stack([np.zeros(len(pairs), np.int64), pairs[:, 1] - pairs[:, 0]], 1),
+            np.stack([alts[a], alts[b]], axis=1),
+        )
+        both = backend.plan(graph, seq, shapes, pairs[:, 0], edits=edits)
+        print(
+            f"\nPairwise plan (pairs at most {args.max_distance} apart; per double "
+            "mutant):"
+        )
+        print(both.describe())
+        print(
+            f"{int(free.sum())} of {len(pairs)} pairs provably never interact (their "
+            "changes never meet at an op that is not affine): not computed."
+        )
     return 0
 
 
@@ -58,27 +113,46 @@ def _tasks(text: str) -> list[int]:
 
 
 def _ism(args: argparse.Namespace) -> int:
+    """``ism``, ``scan``, ``pairwise`` and ``design``: one job each, streamed
+    to OUT."""
     from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
 
+    kind = args.command
     if args.example:
         args.model = args.model or EXAMPLE_MODEL
         args.input = args.input or EXAMPLE_FASTA
-        args.out = args.out or "ismkernel-example.h5"
+        args.out = args.out or f"ismkernel-example-{kind}.h5"
     needed = ("model", "out") if args.bed else ("model", "input", "out")
     missing = [n for n in needed if not getattr(args, n)]
     if missing:
         raise InputError(
-            "ismkernel ism needs MODEL, INPUT (or --bed with --genome) and -o OUT "
-            "(or --example); missing: " + ", ".join(missing)
+            f"ismkernel {kind} needs MODEL, INPUT (or --bed with --genome) and -o "
+            "OUT (or --example); missing: " + ", ".join(missing)
+        )
+    analysis = {}
+    if kind == "scan":
+        analysis = dict(
+            motifs=args.motif,
+            occlude=args.occlude,
+            shuffle=args.shuffle,
+            n_shuffles=args.n,
+            kmer=args.k,
+            seed=args.seed,
+        )
+    elif kind == "pairwise":
+        analysis = dict(max_distance=args.max_distance)
+    elif kind == "design":
+        analysis = dict(
+            rounds=args.rounds, objective=args.objective, beam=args.beam, tol=args.tol
         )
     job = IsmJob(
         model=args.model,
         input=args.input,
         out=args.out,
         positions=args.positions,
-        alternatives=args.alternatives,
+        alternatives=getattr(args, "alternatives", "ACGT"),
         outputs=args.output,
-        reduce=args.reduce,
+        reduce=getattr(args, "reduce", "delta"),
         tasks=args.tasks,
         sum_over=args.sum_over,
         backend=args.backend,
@@ -87,7 +161,7 @@ def _ism(args: argparse.Namespace) -> int:
         threads=args.threads,
         center=args.center,
         n_as=args.n_as,
-        format=args.format,
+        format=getattr(args, "format", None),
         seqs_per_batch=args.seqs_per_batch,
         bed=args.bed,
         genome=args.genome,
@@ -96,6 +170,8 @@ def _ism(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         quiet=args.quiet,
+        kind=kind,
+        **analysis,
     )
     try:
         summary = run_job(job)
@@ -205,23 +281,95 @@ def _variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The input, output and run options every sequence-file job shares."""
+    p.add_argument(
+        "model", metavar="MODEL", nargs="?", help="Keras .h5/.keras or ONNX file"
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?",
+        help="FASTA (.fa/.fasta, gzipped or not) or one-hot .npy/.npz",
+    )
+    p.add_argument("-o", "--out", metavar="OUT", help=out_help)
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="run on the bundled example model and FASTA",
+    )
+    p.add_argument(
+        "--center",
+        action="store_true",
+        help="crop or pad sequences of another length around their centre",
+    )
+    p.add_argument(
+        "--n-as",
+        default="zero",
+        choices=["zero", "uniform"],
+        help="one-hot row of N and other IUPAC codes (default: all zero)",
+    )
+    p.add_argument(
+        "--seqs-per-batch",
+        type=int,
+        metavar="N",
+        help="sequences scored and written per batch: what an interrupted run "
+        "loses at most (default from the memory budget)",
+    )
+    p.add_argument(
+        "--bed",
+        metavar="BED",
+        help="score genome regions (with --genome) instead of INPUT",
+    )
+    p.add_argument(
+        "--genome", metavar="FASTA", help="indexed reference genome for --bed"
+    )
+    _dask_options(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run into OUT"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUT if it exists (the old file stays until the new one "
+        "is complete)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar or summary"
+    )
+
+
+def _alternatives_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--alternatives",
+        default="ACGT",
+        metavar="LETTERS",
+        help="bases to put at each position: any of A, C, G, T, and N for an "
+        "all-zero row (default ACGT)",
+    )
+
+
 def _scoring_options(
-    p: argparse.ArgumentParser, reducers: list[str], backend_default: str | None
+    p: argparse.ArgumentParser,
+    reducers: list[str] | None,
+    backend_default: str | None,
+    reduce_default: str = "delta",
+    reduce_help: str = "score per mutant (default delta: mutant minus reference)",
 ) -> None:
-    """What to keep and how to reduce it, and the engine: shared by ``ism``
-    and ``variants``."""
+    """What to keep and how to reduce it, and the engine: shared by the jobs
+    and ``variants`` (no ``--reduce`` where ``reducers`` is None)."""
     p.add_argument(
         "--output",
         action="append",
         metavar="NAME",
-        help="model output to keep (repeatable; default all)",
+        help="model output to keep (repeatable; default all)"
+        if reducers is not None
+        else "the output the objective reads (default the first)",
     )
-    p.add_argument(
-        "--reduce",
-        default="delta",
-        choices=reducers,
-        help="score per mutant (default delta: mutant minus reference)",
-    )
+    if reducers is not None:
+        p.add_argument(
+            "--reduce", default=reduce_default, choices=reducers, help=reduce_help
+        )
     p.add_argument(
         "--tasks", type=_tasks, metavar="I,J,...", help="output channels to keep"
     )
@@ -233,7 +381,7 @@ def _scoring_options(
     p.add_argument(
         "--backend",
         default=backend_default,
-        choices=["auto", "cpu", "reference"],
+        choices=["auto", "cpu", "reference", "cuda", "cuda-emulated"],
         help="engine (default auto"
         + ("; --resume takes the file's)" if backend_default is None else ")"),
     )
@@ -357,6 +505,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="L",
         help="sequence length to plan for (default: the model's own)",
     )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "cpu", "reference", "cuda", "cuda-emulated"],
+        help="the backend whose plan (tactics, fused epilogues) to show",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        metavar="W",
+        help="also the plan of window scans of W rows: FLOPs per edit",
+    )
+    p.add_argument(
+        "--max-distance",
+        type=int,
+        metavar="D",
+        help="also the plan of double mutants at most D apart, and how many "
+        "pairs provably never interact",
+    )
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
@@ -365,82 +532,122 @@ def build_parser() -> argparse.ArgumentParser:
         description="ISM of every sequence in INPUT with MODEL, written to OUT as "
         "it goes. An interrupted run leaves a valid file; --resume finishes it.",
     )
-    p.add_argument(
-        "model", metavar="MODEL", nargs="?", help="Keras .h5/.keras or ONNX file"
-    )
-    p.add_argument(
-        "input",
-        metavar="INPUT",
-        nargs="?",
-        help="FASTA (.fa/.fasta, gzipped or not) or one-hot .npy/.npz",
-    )
-    p.add_argument(
-        "-o",
-        "--out",
-        metavar="OUT",
-        help="results file (.h5, or .npz with --format npz)",
-    )
-    p.add_argument(
-        "--example",
-        action="store_true",
-        help="run on the bundled example model and FASTA",
-    )
+    _job_options(p, "results file (.h5, or .npz with --format npz)")
     p.add_argument(
         "--positions", metavar="START:END", help="positions to mutate (default all)"
     )
-    p.add_argument(
-        "--alternatives",
-        default="ACGT",
-        metavar="LETTERS",
-        help="bases to put at each position: any of A, C, G, T, and N for an "
-        "all-zero row (default ACGT)",
-    )
+    _alternatives_option(p)
     _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"], None)
-    p.add_argument(
-        "--center",
-        action="store_true",
-        help="crop or pad sequences of another length around their centre",
-    )
-    p.add_argument(
-        "--n-as",
-        default="zero",
-        choices=["zero", "uniform"],
-        help="one-hot row of N and other IUPAC codes (default: all zero)",
-    )
     p.add_argument(
         "--format",
         choices=["hdf5", "npz"],
         help="output format (default from OUT's suffix: .npz or HDF5); it must "
         "agree with the suffix",
     )
+    p.set_defaults(func=_ism)
+
+    p = sub.add_parser(
+        "scan",
+        help="write patterns over every window: occlusion, motifs, shuffles",
+        description="For each window start, the model's outputs with the window's "
+        "rows replaced: by zeros (--occlude W), by a motif (--motif, repeatable, "
+        "one width), or by shuffles of the sequence's own window that keep its "
+        "k-mer counts (--shuffle W --n N). Exact and incremental: a window costs "
+        "the rows it reaches in each layer, not a forward pass.",
+    )
+    _job_options(p, "results file (.h5)")
     p.add_argument(
-        "--seqs-per-batch",
+        "--positions",
+        metavar="START:END",
+        help="window starts (default every start where the window fits)",
+    )
+    kind = p.add_argument_group("patterns (give one kind)")
+    kind.add_argument(
+        "--motif",
+        action="append",
+        metavar="ACGT...",
+        help="a motif to write at every start (repeatable; all one length)",
+    )
+    kind.add_argument("--occlude", type=int, metavar="W", help="write W rows of zeros")
+    kind.add_argument(
+        "--shuffle",
         type=int,
-        metavar="N",
-        help="sequences scored and written per batch: what an interrupted run "
-        "loses at most (default from the memory budget)",
+        metavar="W",
+        help="write shuffles of the sequence's own W rows",
     )
     p.add_argument(
-        "--bed",
-        metavar="BED",
-        help="score genome regions (with --genome) instead of INPUT",
+        "--n", type=int, default=20, metavar="N", help="shuffles per window (20)"
     )
     p.add_argument(
-        "--genome", metavar="FASTA", help="indexed reference genome for --bed"
-    )
-    _dask_options(p)
-    p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run into OUT"
+        "--k", type=int, default=2, metavar="K", help="k-mers a shuffle keeps (2)"
     )
     p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite OUT if it exists (the old file stays until the new one "
-        "is complete)",
+        "--seed", type=int, default=0, metavar="S", help="seed of the shuffles (0)"
+    )
+    _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"], None)
+    p.set_defaults(func=_ism)
+
+    p = sub.add_parser(
+        "pairwise",
+        help="double mutants of every pair of positions within a distance: "
+        "epistasis maps",
+        description="For every pair of positions at most --max-distance apart and "
+        "every pair of alternatives, the double mutant's outputs against the "
+        "single mutants': epistasis, f(ij) - f(i) - f(j) + f(ref). Pairs the "
+        "plan proves never interact are not computed (their epistasis is zero).",
+    )
+    _job_options(p, "results file (.h5)")
+    p.add_argument(
+        "--positions", metavar="START:END", help="positions to pair (default all)"
     )
     p.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar or summary"
+        "--max-distance",
+        type=int,
+        metavar="D",
+        help="largest distance between the two positions (default: every pair)",
     )
+    _alternatives_option(p)
+    _scoring_options(
+        p,
+        ["max-abs", "l2", "epistasis", "raw"],
+        None,
+        reduce_default="max-abs",
+        reduce_help="per pair: max-abs or l2 of the epistasis over the "
+        "alternatives (default max-abs); epistasis: every pair of alternatives'; "
+        "raw: the double mutants' outputs",
+    )
+    p.set_defaults(func=_ism)
+
+    p = sub.add_parser(
+        "design",
+        help="greedy or beam design by point mutations",
+        description="Each round, an incremental ISM of the current sequences and "
+        "the best edit by the objective (one output, --tasks, --sum-over, "
+        "maximised or minimised) committed; the reference activations are "
+        "updated only inside the edit's windows.",
+    )
+    _job_options(p, "results file (.h5), or FASTA (.fa) of the designed sequences")
+    p.add_argument(
+        "--positions", metavar="START:END", help="positions that may be edited"
+    )
+    _alternatives_option(p)
+    p.add_argument("--rounds", type=int, metavar="R", help="edits to make")
+    p.add_argument(
+        "--objective",
+        default="max",
+        choices=["max", "min"],
+        help="maximise or minimise the objective (default max)",
+    )
+    p.add_argument(
+        "--beam", type=int, default=1, metavar="B", help="sequences kept per round"
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        metavar="T",
+        help="stop once the best edit improves the objective by at most T",
+    )
+    _scoring_options(p, None, None)
     p.set_defaults(func=_ism)
 
     p = sub.add_parser(

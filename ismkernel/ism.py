@@ -322,12 +322,15 @@ class EditRun:
         sum_over: Any = None,
         keep_outputs: bool = True,
         skip: Any = None,
+        values: Any = None,
     ) -> IsmResult:
         """Every edit of ``x``. With ``keep_outputs=False``, ``reduce`` is
         computed by the backend as chunks finish (on ``tasks``, summed over
         ``sum_over``) and ``outputs`` is None; otherwise every output is kept
         and ``reduce`` is computed from them. ``skip``: ``(n_seqs, n_sites,
-        n_variants)`` mutants not computed (their outputs are left unset)."""
+        n_variants)`` mutants not computed (their outputs are left unset);
+        ``values``: the rows the edits write for these sequences, in place of
+        the plan's (see :func:`ismkernel.backends.engine.walk`)."""
         model, feeds, index, plan, rows = self.plan_for(x)
         if reduce is not None and reduce not in REDUCERS:
             raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
@@ -337,7 +340,7 @@ class EditRun:
             if reduce is None:
                 raise InputError("keep_outputs=False needs a reducer (reduce=...)")
             sink = self.score_sink(model, rows, reduce, tasks, sum_over)
-        run = self.run_plan(plan, feeds, sink, progress, skip=skip)
+        run = self.run_plan(plan, feeds, sink, progress, skip=skip, values=values)
         specs = model.graph.input_specs
         if keep_outputs:
             reference = model.from_ir(sink.reference, 1)
@@ -368,6 +371,7 @@ class EditRun:
         progress: Any = False,
         state: Any = None,
         skip: Any = None,
+        values: Any = None,
     ) -> dict:
         """Run ``plan`` on ``feeds`` into ``sink`` with a progress bar (or
         callable); returns the run's stats. ``state``: reference activations
@@ -394,6 +398,7 @@ class EditRun:
                 early_exit=self.early_exit,
                 **({} if state is None else {"state": state}),
                 **({} if skip is None else {"skip": skip}),
+                **({} if values is None else {"values": values}),
             )
         finally:
             if bar is not None:

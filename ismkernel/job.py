@@ -1,4 +1,6 @@
-"""ISM of a sequence file into a results file: the ``ismkernel ism`` job.
+"""ISM (and the other analyses: window scans, pairwise maps, design) of a
+sequence file into a results file: the ``ismkernel ism | scan | pairwise |
+design`` jobs.
 
 Sequences stream from the input in batches; each batch is scored with
 :func:`ismkernel.ism`, reduced, and written before the next is read, so memory
@@ -19,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ismkernel import config
+from ismkernel.analyses import Designer, Pairwise, _pairs_within, _ScanRun, shuffles
 from ismkernel.backends import resolve_backend
 from ismkernel.distributed import cluster_client
 from ismkernel.errors import InputError, IsmkernelError, OutputFileError
@@ -51,9 +55,9 @@ from ismkernel.io.results import (
     sha256,
 )
 from ismkernel.io.sequences import _N_AS, ALPHABET, open_sequences
-from ismkernel.ism import ism
-from ismkernel.model import Model, _from_ir, load_model
-from ismkernel.reduce import REDUCERS, parse_range, reduce_scores, select_output
+from ismkernel.ism import IsmRun
+from ismkernel.model import Model, _from_ir, _to_ir, load_model
+from ismkernel.reduce import REDUCERS, parse_range, select_output
 
 __all__ = [
     "IsmJob",
@@ -105,7 +109,7 @@ class IsmJob:
     positions: str | None = None
     alternatives: str = "ACGT"
     outputs: list[str] | None = None
-    reduce: str = "delta"
+    reduce: str | None = None  # None: delta, or max-abs for pairwise
     tasks: list[int] | None = None
     sum_over: str | None = None
     backend: str | None = None
@@ -124,6 +128,20 @@ class IsmJob:
     genome: str | None = None
     scheduler: str | None = None
     workers: int | None = None
+    #: ``ism``, ``scan``, ``pairwise`` or ``design``; the fields below belong
+    #: to the other analyses.
+    kind: str = "ism"
+    motifs: list[str] | None = None  # scan --motif
+    occlude: int | None = None  # scan --occlude W
+    shuffle: int | None = None  # scan --shuffle W
+    n_shuffles: int = 20  # scan --n
+    kmer: int = 2  # scan --k
+    seed: int = 0  # scan --seed
+    max_distance: int | None = None  # pairwise --max-distance
+    rounds: int | None = None  # design --rounds
+    objective: str = "max"  # design --objective
+    beam: int = 1  # design --beam
+    tol: float | None = None  # design --tol
     summary: dict = field(default_factory=dict)
     #: Where the finished sequences are while the run writes (None before
     #: the file exists), and how many there are: for the message of an
@@ -159,9 +177,11 @@ def partial_path(out: str) -> str:
 SUFFIXES = {"hdf5": (".h5", ".hdf5"), "npz": (".npz",)}
 
 
-def _output_format(out: str, fmt: str | None) -> str:
+def _output_format(out: str, fmt: str | None, kind: str = "ism") -> str:
     """The format, from ``--format`` or the suffix of ``out``; they must agree."""
     suffix = os.path.splitext(out)[1].lower()
+    if kind != "ism":
+        return _analysis_format(out, suffix, kind)
     if fmt is None:
         fmt = "npz" if suffix in SUFFIXES["npz"] else "hdf5"
     if fmt not in SUFFIXES:
@@ -188,6 +208,105 @@ def _output_format(out: str, fmt: str | None) -> str:
         f"-o '{out}': results files end in .h5 or .hdf5 (HDF5), or .npz (with "
         f"--format npz); name it '{stem}.h5'"
     )
+
+
+def _analysis_format(out: str, suffix: str, kind: str) -> str:
+    """Scans and pairwise maps write HDF5; a design HDF5 or FASTA."""
+    if suffix in SUFFIXES["hdf5"]:
+        return "hdf5"
+    if kind == "design" and suffix in FASTA_SUFFIXES:
+        return "fasta"
+    stem = os.path.splitext(out)[0]
+    also = " or FASTA (.fa, .fasta: the designed sequences)" if kind == "design" else ""
+    raise InputError(
+        f"-o '{out}': {kind} results are HDF5 (.h5, .hdf5){also}; name it '{stem}.h5'"
+    )
+
+
+#: The reducers of a pairwise job: per pair, over its alternatives' epistasis
+#: (``max-abs``, ``l2``), all of the epistasis, or the double mutants' outputs.
+PAIR_JOB_REDUCERS = ("max-abs", "l2", "epistasis", "raw")
+FASTA_SUFFIXES = (".fa", ".fasta")
+
+
+def _check_analysis(job: IsmJob) -> None:
+    """The options of the scan, pairwise and design jobs."""
+    kind = job.kind
+    if kind == "scan":
+        given = [
+            f
+            for f, v in (
+                ("--motif", job.motifs),
+                ("--occlude", job.occlude),
+                ("--shuffle", job.shuffle),
+            )
+            if v is not None and v != []
+        ]
+        if len(given) != 1:
+            raise InputError(
+                "a scan writes one kind of pattern: give --motif (repeatable), "
+                "--occlude W or --shuffle W"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if job.motifs:
+            motif_rows(job.motifs)
+        for flag in ("occlude", "shuffle"):
+            _positive(getattr(job, flag), "--" + flag)
+        _positive(job.n_shuffles, "--n")
+        _positive(job.kmer, "--k")
+        if (
+            isinstance(job.seed, bool)
+            or not isinstance(job.seed, (int, np.integer))
+            or job.seed < 0
+        ):
+            raise InputError(f"--seed must be a non-negative integer, got {job.seed!r}")
+    elif kind == "pairwise":
+        _positive(job.max_distance, "--max-distance")
+    elif kind == "design":
+        if job.rounds is None:
+            raise InputError("design needs --rounds R, the edits to make")
+        _positive(job.rounds, "--rounds")
+        _positive(job.beam, "--beam")
+        if job.objective not in ("max", "min"):
+            raise InputError(f"--objective must be max or min, got {job.objective!r}")
+        if job.tol is not None and not job.tol >= 0:
+            raise InputError(f"--tol must be a non-negative number, got {job.tol!r}")
+    else:
+        raise InputError(
+            f"unknown analysis {kind!r}; one of ism, scan, pairwise, design"
+        )
+
+
+def motif_rows(motifs: list[str]) -> tuple[np.ndarray, list[str]]:
+    """One-hot rows ``(n_motifs, w, 4)`` of motifs of one length (``N``: an
+    all-zero row), and their labels."""
+    rows, labels = [], []
+    for motif in motifs:
+        text = str(motif).upper()
+        bad = sorted(set(text) - set(ALPHABET + "N"))
+        if not text or bad:
+            raise InputError(
+                f"--motif {motif!r}: motifs are letters A, C, G, T (N: an "
+                "all-zero row)" + (f"; {bad[0]!r} is not one" if bad else "")
+            )
+        rows.append(
+            np.stack(
+                [
+                    np.eye(4, dtype=np.float32)[ALPHABET.index(c)]
+                    if c != "N"
+                    else np.zeros(4, np.float32)
+                    for c in text
+                ]
+            )
+        )
+        labels.append(text)
+    widths = sorted({len(r) for r in rows})
+    if len(widths) > 1:
+        raise InputError(
+            f"--motif: the motifs have lengths {widths}; a scan writes patterns of "
+            "one width, so scan motifs of other lengths in separate runs"
+        )
+    return np.stack(rows), labels
 
 
 def _positive(value: Any, flag: str) -> int | None:
@@ -232,15 +351,20 @@ def _check_options(job: IsmJob) -> None:
     if not isinstance(job.out, (str, os.PathLike)) or not os.fspath(job.out):
         raise InputError("give the results file with -o OUT")
     job.out = check_output_path(job.out, "-o")
-    if job.reduce not in REDUCERS:
-        raise InputError(f"--reduce must be one of {REDUCERS}, got {job.reduce!r}")
-    job.format = _output_format(job.out, job.format)
+    reducers = PAIR_JOB_REDUCERS if job.kind == "pairwise" else REDUCERS
+    if job.reduce is None:
+        job.reduce = reducers[0] if job.kind == "pairwise" else "delta"
+    if job.kind != "design" and job.reduce not in reducers:
+        raise InputError(f"--reduce must be one of {reducers}, got {job.reduce!r}")
+    if job.kind != "ism":
+        _check_analysis(job)
+    job.format = _output_format(job.out, job.format, job.kind)
     if job.resume and job.force:
         raise InputError(
             "--resume and --force exclude each other: --resume continues OUT, "
             "--force starts it over"
         )
-    if job.format == "npz" and job.resume:
+    if job.format in ("npz", "fasta") and job.resume:
         raise InputError("--resume works with HDF5 output only")
     for flag in ("batch_size", "threads", "seqs_per_batch", "workers"):
         _positive(getattr(job, flag), "--" + flag.replace("_", "-"))
@@ -270,7 +394,7 @@ def _mode(job: IsmJob) -> str:
     and rename it over ``OUT`` at the end)."""
     out, partial = job.out, partial_path(job.out)
     has_out, has_partial = os.path.exists(out), os.path.exists(partial)
-    if job.format == "npz":
+    if job.format in ("npz", "fasta"):
         if has_out and not job.force:
             raise InputError(f"'{out}' exists; pass --force to overwrite it")
         return "new"
@@ -297,20 +421,35 @@ def _mode(job: IsmJob) -> str:
     return "new"
 
 
-def _layouts(model: Model, picks, tasks, window, kind, n_pos, n_alts) -> list:
+def _axis_names(axes, window) -> list[str]:
+    """Names of an output's axes after selection (``length``, ``task``)."""
+    names = [f"out{i}" for i in range(len(axes.shape))]
+    if axes.length is not None:
+        names[axes.length] = "length"
+    if axes.channels is not None:
+        names[axes.channels] = "task"
+    if window is not None:
+        del names[axes.length]
+    return names
+
+
+def _layouts(
+    model: Model,
+    picks,
+    tasks,
+    window,
+    kind,
+    n_pos,
+    n_alts,
+    head: tuple[str, str] = ("position", "alternative"),
+) -> list:
     layouts = []
     for k in picks:
         axes = model.output_axes[k]
         probe = np.zeros((1,) + tuple(axes.shape), dtype=np.float32)
         ref_shape = select_output(probe, axes, 1, tasks, window).shape[1:]
-        names = [f"out{i}" for i in range(len(axes.shape))]
-        if axes.length is not None:
-            names[axes.length] = "length"
-        if axes.channels is not None:
-            names[axes.channels] = "task"
-        if window is not None:
-            del names[axes.length]
-        head = ["position"] if kind == "l2" else ["position", "alternative"]
+        names = _axis_names(axes, window)
+        head = [head[0]] if kind == "l2" else list(head)
         scores_shape = (n_pos,) + (() if kind == "l2" else (n_alts,)) + ref_shape
         layouts.append(
             OutputLayout(
@@ -389,25 +528,20 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     alts, labels = parse_alternatives(job.alternatives)
 
     names = model.output_names
-    if job.outputs:
+    if job.outputs and job.kind != "design":
         picks = output_indices(names, job.outputs, "--output")
         # Only the kept outputs are computed: drop what nothing else needs.
         model = model.select_outputs([names[k] for k in picks])
         names = model.output_names
     picks = list(range(len(names)))
     sum_window = parse_range(job.sum_over, "--sum-over")
-    layouts = _layouts(
-        model, picks, job.tasks, sum_window, job.reduce, len(positions), len(alts)
-    )
+    run = _make_run(job, model, source, positions, alts, labels, picks, sum_window)
+    layouts = run.layouts
 
     # Sequences per batch: the raw and reduced results of a batch within a
     # quarter of the memory budget.
-    per_seq = sum(
-        4 * len(positions) * len(alts) * int(np.prod(model.output_axes[k].shape))
-        for k in picks
-    )
     spb = job.seqs_per_batch or int(
-        max(1, min(256, budget // 4 // max(1, 3 * per_seq)))
+        max(1, min(256, budget // 4 // max(1, 3 * run.bytes_per_seq)))
     )
 
     meta = {
@@ -425,14 +559,19 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         "backend": job.backend or "auto",
         "dtype": job.dtype,
         "outputs": [names[k] for k in picks],
+        "kind": job.kind,
+        **run.meta,
     }
 
-    run = _Run(job, model, source, positions, alts, labels, picks, sum_window)
     if job.format == "npz":
         _check_npz(job, source, positions, labels, picks, layouts)
         with OutputLock(job.out):
             _mode(job)
             return _run_npz(run, spb, client, start)
+    if job.format == "fasta":
+        with OutputLock(job.out):
+            _mode(job)
+            return _run_fasta(run, spb, client, start)
 
     # The content of every sequence, before any file is touched: what
     # --resume checks, and what each batch is checked against as it is written.
@@ -443,8 +582,10 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
 
 @dataclass
 class _Run:
-    """What a validated job scores: the model and source, and the
-    positions, alternatives and outputs."""
+    """What a validated job scores: the model and source, what the file
+    records as positions and alternatives (a scan's starts and patterns, a
+    pairwise job's pairs), the outputs' layouts and the analysis's
+    settings."""
 
     job: IsmJob
     model: Model
@@ -454,19 +595,177 @@ class _Run:
     labels: list[str]
     picks: list[int]
     sum_window: tuple | None
+    layouts: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    #: mutants (or edits) per sequence, for the progress bar
+    work: int = 0
+    meta: dict = field(default_factory=dict)
+    static: dict = field(default_factory=dict)
+    per_seq: dict = field(default_factory=dict)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def bytes_per_seq(self) -> int:
+        """Bytes of one sequence's scores (what a batch holds per sequence)."""
+        return sum(4 * int(np.prod(lay.scores_shape)) for lay in self.layouts) + sum(
+            8 * int(np.prod(shape)) for shape, _ in self.per_seq.values()
+        )
 
     def scored(self, batches, bar, client):
-        return _scored(
-            self.job,
-            self.model,
-            batches,
-            self.positions,
-            self.alts,
-            self.picks,
-            self.sum_window,
-            bar,
-            client,
+        return _scored(self, batches, bar, client)
+
+
+def _make_run(job, model, source, positions, alts, labels, picks, sum_window):
+    """The scorer of ``job``'s analysis, with its file layout."""
+    kind, length = job.kind, source.length
+    run = _Run(job, model, source, positions, alts, labels, picks, sum_window)
+    if kind == "ism":
+        run.layouts = _layouts(
+            model, picks, job.tasks, sum_window, job.reduce, len(positions), len(alts)
         )
+        run.settings = dict(positions=positions, alternatives=alts)
+        run.work = len(positions) * len(alts)
+        return run
+    if kind == "scan":
+        if job.motifs:
+            patterns, names = motif_rows(job.motifs)
+        elif job.occlude:
+            patterns, names = np.zeros((1, job.occlude, 4), np.float32), ["occlusion"]
+        else:
+            patterns = np.zeros((0, job.shuffle, 4), np.float32)
+            names = [f"shuffle {i}" for i in range(job.n_shuffles)]
+        width = patterns.shape[1]
+        if width > length:
+            raise InputError(
+                f"windows of {width} rows do not fit sequences of length {length}"
+            )
+        starts = positions if job.positions is not None else np.arange(length)
+        starts = starts[: length - width + 1] if job.positions is None else starts
+        if starts.size and starts.max() > length - width:
+            raise InputError(
+                f"--positions {job.positions}: a window of {width} rows starting at "
+                f"{int(starts.max())} runs off sequences of length {length} (the "
+                f"last start is {length - width})"
+            )
+        run.positions, run.alts, run.labels = starts, patterns, names
+        run.layouts = _layouts(
+            model, picks, job.tasks, sum_window, job.reduce, len(starts),
+            len(names), head=("start", "pattern"),
+        )  # fmt: skip
+        run.settings = dict(
+            starts=starts,
+            patterns=patterns if len(patterns) else None,
+            width=width,
+            shuffle=bool(job.shuffle),
+            n_shuffles=job.n_shuffles,
+            kmer=job.kmer,
+            seed=job.seed,
+        )
+        run.work = len(starts) * len(names)
+        run.meta = dict(width=width, patterns=names)
+        if job.shuffle:
+            run.meta.update(n_shuffles=job.n_shuffles, kmer=job.kmer, seed=job.seed)
+        return run
+    if kind == "pairwise":
+        pairs = _pairs_within(positions, job.max_distance)
+        if not len(pairs):
+            raise InputError(
+                f"no pair of the positions lies within --max-distance "
+                f"{job.max_distance}"
+            )
+        per_pair = job.reduce in ("max-abs", "l2")
+        layouts = []
+        for k in picks:
+            axes = model.output_axes[k]
+            probe = np.zeros((1,) + tuple(axes.shape), dtype=np.float32)
+            sel = select_output(probe, axes, 1, job.tasks, sum_window).shape[1:]
+            head = (len(pairs),) + (() if per_pair else (len(alts), len(alts)))
+            names_ = _axis_names(axes, sum_window)
+            layouts.append(
+                OutputLayout(
+                    axes.name,
+                    tuple(sel),
+                    head + tuple(sel),
+                    ",".join(
+                        ["seq", "pair"]
+                        + ([] if per_pair else ["alternative_i", "alternative_j"])
+                        + names_
+                    ),
+                )
+            )
+        runner = Pairwise(
+            model,
+            pairs=pairs,
+            alternatives=alts,
+            tasks=job.tasks,
+            sum_over=sum_window,
+            **_engine_options(job),
+        )
+        probe = np.zeros((1, length, 4), dtype=np.float32)
+        independent = runner.setup(_from_ir(probe, model.input_perms[0], 1))[
+            "independent"
+        ]
+        _RUNNERS[run.token] = (model, runner)
+        run.positions, run.layouts = pairs, layouts
+        run.static = {"independent": independent}
+        run.settings = dict(pairs=pairs, alternatives=alts)
+        run.work = len(np.unique(pairs)) * len(alts) + len(pairs) * len(alts) ** 2
+        run.meta = dict(max_distance=job.max_distance or 0)
+        return run
+    # design
+    if job.outputs and len(job.outputs) > 1:
+        raise InputError(
+            "design maximises or minimises one output: give at most one --output"
+        )
+    names = model.output_names
+    (k,) = output_indices(names, job.outputs[0] if job.outputs else 0, "--output")
+    objective = dict(
+        output=k, tasks=job.tasks, sum_over=job.sum_over, goal=job.objective
+    )
+    runner = Designer(
+        model,
+        objective,
+        rounds=job.rounds,
+        positions=positions,
+        alternatives=alts,
+        beam=job.beam,
+        tol=job.tol,
+        **_engine_options(job),
+    )
+    runner.run_for(
+        _from_ir(np.zeros((1, length, 4), np.float32), model.input_perms[0], 1)
+    )
+    _RUNNERS[run.token] = (model, runner)
+    run.picks = [k]
+    run.layouts = [OutputLayout(names[k], (), (job.rounds + 1,), "seq,round")]
+    run.per_seq = {
+        "edits": ((job.rounds, 2), np.int64),
+        "designed": ((length, 4), np.float32),
+    }
+    run.settings = dict(objective=objective, positions=positions, alternatives=alts)
+    run.work = job.rounds * len(positions) * len(alts) * job.beam
+    run.meta = dict(
+        rounds=job.rounds,
+        objective=job.objective,
+        objective_output=names[k],
+        beam=job.beam,
+        tol=job.tol,
+    )
+    return run
+
+
+def _engine_options(job: IsmJob) -> dict:
+    return dict(
+        backend=job.backend or "auto",
+        batch_size=job.batch_size,
+        memory_budget=job.memory_budget,
+        threads=job.threads,
+        dtype=job.dtype,
+    )
 
 
 def _resume_settings(job: IsmJob, results: ResultsFile) -> int:
@@ -527,7 +826,7 @@ def _run_hdf5(
     results = None
     if mode in ("partial", "in-place"):
         results = ResultsFile.open_to_resume(
-            target, meta, source.names, digests, run.positions, run.alts
+            target, meta, source.names, digests, run.positions, run.alts, run.kind
         )
         try:
             spb = _resume_settings(job, results)
@@ -541,6 +840,9 @@ def _run_hdf5(
         job.backend = job.backend or "auto"
     try:
         extra = 1 << 20 if results is None else 0  # names, metadata
+        extra += n_rows * sum(
+            8 * int(np.prod(shape)) for shape, _ in run.per_seq.values()
+        )
         check_space(
             target,
             results_bytes(n_rows, source.length, layouts) + extra,
@@ -568,13 +870,14 @@ def _run_hdf5(
         ]
         or [np.zeros(0, dtype=np.int64)]
     )
-    bar = _bar(job, len(select) * len(run.positions) * len(run.alts))
+    bar = _bar(job, len(select) * run.work)
     done = 0
     created = False
     try:
         with cluster_client(job.scheduler, job.workers, client) as client:
             batches = source.batches(spb, select=select)
-            for idx, x, (refs, scores) in run.scored(batches, bar, client):
+            for idx, x, scored in run.scored(batches, bar, client):
+                refs, scores = scored[:2]
                 if results is None:
                     # Laid out only now: the first batch has been scored, so
                     # whatever only a computation can refuse was refused
@@ -589,6 +892,9 @@ def _run_hdf5(
                         alternatives=run.alts,
                         labels=run.labels,
                         outputs=layouts,
+                        kind=run.kind,
+                        static=run.static,
+                        per_seq=run.per_seq,
                     )
                     created = True
                     job.writing = target
@@ -596,7 +902,9 @@ def _run_hdf5(
                         # A partial file of an earlier --force run: --force
                         # started over and wrote OUT itself.
                         remove_quietly(partial_path(out))
-                results.write(idx, x, refs, scores)
+                results.write(
+                    idx, x, refs, scores, scored[2] if len(scored) > 2 else None
+                )
                 done += len(idx)
                 job.n_finished += len(idx)
         if results is not None:
@@ -667,28 +975,129 @@ def _bar(job: IsmJob, total: int):
     return progress_bar(total, quiet=job.quiet)
 
 
+#: The analysis runners of the jobs in this process (one per job, so each
+#: plan is built once per job), by the job's token.
+_RUNNERS: dict[str, tuple] = {}
+
+
+def _runner(model, settings: dict):
+    """The runner of the job ``settings`` belongs to, made the first time
+    this process scores one of its batches."""
+    token = settings["token"]
+    hit = _RUNNERS.get(token)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_RUNNERS) > 8:
+        _RUNNERS.clear()
+    options = {k: settings[k] for k in ENGINE_KEYS}
+    kind = settings["kind"]
+    if kind == "ism":
+        run = IsmRun(
+            model,
+            positions=settings["positions"],
+            alternatives=settings["alternatives"],
+            output_rows=settings["output_rows"],
+            **options,
+        )
+    elif kind == "scan":
+        patterns = settings["patterns"]
+        if patterns is None:  # shuffles: each batch gives its own
+            n_starts = len(settings["starts"])
+            patterns = np.zeros(
+                (n_starts, settings["n_shuffles"], settings["width"], 4), np.float32
+            )
+        run = _ScanRun(
+            model,
+            patterns,
+            settings["starts"],
+            output_rows=settings["output_rows"],
+            **options,
+        )
+    elif kind == "pairwise":
+        run = Pairwise(
+            model,
+            pairs=settings["pairs"],
+            alternatives=settings["alternatives"],
+            tasks=settings["tasks"],
+            sum_over=settings["sum_window"],
+            **options,
+        )
+    else:
+        run = Designer(
+            model,
+            settings["objective"],
+            rounds=settings["rounds"],
+            positions=settings["positions"],
+            alternatives=settings["alternatives"],
+            beam=settings["beam"],
+            tol=settings["tol"],
+            **options,
+        )
+    _RUNNERS[token] = (model, run)
+    return run
+
+
+#: The engine settings every runner takes.
+ENGINE_KEYS = ("backend", "batch_size", "memory_budget", "threads", "dtype")
+
+
+def batch_shuffles(x: np.ndarray, settings: dict) -> np.ndarray:
+    """Each sequence's own window shuffles, ``(n, starts, n_shuffles, w,
+    4)``, seeded by the job's seed and the sequence's content: the same in
+    any batch, on any worker, and when a run is resumed."""
+    out = []
+    for row in x:
+        digest = int.from_bytes(onehot_digest(row)[:8], "little")
+        rng = np.random.default_rng([settings["seed"], digest])
+        out.append(
+            shuffles(
+                row,
+                settings["starts"],
+                settings["width"],
+                settings["n_shuffles"],
+                k=settings["kmer"],
+                seed=rng,
+            )
+        )
+    return np.stack(out)
+
+
 def _score_batch(model, x, settings: dict, progress=False):
-    """References and reduced scores of one batch ``x`` (IR layout): what a
-    worker computes."""
-    res = ism(
-        model,
-        _from_ir(x, model.input_perms[0], 1),
-        positions=settings["positions"],
-        alternatives=settings["alternatives"],
-        backend=settings["backend"],
-        batch_size=settings["batch_size"],
-        memory_budget=settings["memory_budget"],
-        threads=settings["threads"],
-        dtype=settings["dtype"],
-        progress=progress,
-        output_rows=settings["output_rows"],
-    )
-    refs, scores = [], []
-    for k in settings["picks"]:
-        mut, ref = res.selected(k, settings["tasks"], settings["sum_window"])
-        scores.append(reduce_scores(mut, ref, settings["reduce"], res.output_names[k]))
-        refs.append(ref)
-    return refs, scores
+    """References and scores of one batch ``x`` (IR layout), and for a design
+    its per-sequence datasets: what a worker computes."""
+    run = _runner(model, settings)
+    xm = _from_ir(x, model.input_perms[0], 1)
+    kind = settings["kind"]
+    if kind in ("ism", "scan"):
+        values = None
+        if kind == "scan" and settings["shuffle"]:
+            values = batch_shuffles(x, settings)
+        res = run(
+            xm,
+            progress=progress,
+            reduce=settings["reduce"],
+            tasks=settings["tasks"],
+            sum_over=settings["sum_window"],
+            keep_outputs=False,
+            values=values,
+        )
+        picks = settings["picks"]
+        return [res.score_reference[k] for k in picks], [res.scores[k] for k in picks]
+    if kind == "pairwise":
+        res = run(xm, progress=progress)
+        kind = settings["reduce"]
+        n_out = len(res.outputs)
+        if kind == "epistasis":
+            scores = [res.epistasis(k) for k in range(n_out)]
+        elif kind == "raw":
+            scores = res.outputs
+        else:
+            scores = [res.reduce(kind, k) for k in range(n_out)]
+        return res.reference, scores
+    res = run(xm, progress=progress)
+    perm = model.input_perms[0]
+    extra = {"edits": res.edits, "designed": _to_ir(res.sequences, perm, 1)}
+    return [res.objective[:, 0]], [res.objective], extra
 
 
 def _wanted_rows(model, picks, sum_window) -> dict[int, tuple[int, int]]:
@@ -704,22 +1113,27 @@ def _wanted_rows(model, picks, sum_window) -> dict[int, tuple[int, int]]:
     return rows
 
 
-def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client=None):
-    """``(idx, x, (refs, scores))`` per batch, in input order: in this process,
-    or on the Dask ``client``'s workers."""
+def _scored(run: _Run, batches, bar, client=None):
+    """``(idx, x, scored)`` per batch, in input order: in this process, or on
+    the Dask ``client``'s workers (each makes the job's runner once)."""
+    job, model = run.job, run.model
     settings = dict(
-        positions=positions,
-        alternatives=alts,
-        backend=job.backend,
-        batch_size=job.batch_size,
-        memory_budget=job.memory_budget,
-        threads=job.threads,
-        dtype=job.dtype,
-        picks=picks,
+        kind=run.kind,
+        token=run.token,
+        picks=run.picks,
         tasks=job.tasks,
-        sum_window=sum_window,
+        sum_window=run.sum_window,
         reduce=job.reduce,
-        output_rows=_wanted_rows(model, picks, sum_window),
+        output_rows=(
+            _wanted_rows(model, run.picks, run.sum_window)
+            if run.kind in ("ism", "scan")
+            else None
+        ),
+        rounds=job.rounds,
+        beam=job.beam,
+        tol=job.tol,
+        **_engine_options(job),
+        **run.settings,
     )
     if client is None:
         update = bar.update if bar is not None else False
@@ -740,7 +1154,7 @@ def _scored(job, model, batches, positions, alts, picks, sum_window, bar, client
     for result in map_ordered(client, _score_batch, model, chunks(), settings):
         idx, x = sent.popleft()
         if bar is not None:
-            bar.update(len(idx) * len(positions) * len(alts))
+            bar.update(len(idx) * run.work)
         yield idx, x, result
 
 
@@ -791,6 +1205,55 @@ def _run_npz(run: _Run, spb: int, client: Any, start: float) -> dict:
     job.summary = {
         "n_seqs": n,
         "scored": n,
+        "skipped": 0,
+        "seconds": time.perf_counter() - start,
+        "out": job.out,
+        "continued": None,
+    }
+    return job.summary
+
+
+def _run_fasta(run: _Run, spb: int, client: Any, start: float) -> dict:
+    """A design's sequences as FASTA: each record named as its input, with the
+    objective before and after and the edits in the header. Written whole at
+    the end, under a temporary name renamed over ``OUT``."""
+    job, source = run.job, run.source
+    job.backend = job.backend or "auto"
+    records = {}
+    bar = _bar(job, len(source) * run.work)
+    try:
+        with cluster_client(job.scheduler, job.workers, client) as client:
+            for idx, _, (_, scores, extra) in run.scored(
+                source.batches(spb), bar, client
+            ):
+                for row, i in enumerate(idx):
+                    records[int(i)] = (
+                        scores[0][row],
+                        extra["edits"][row],
+                        extra["designed"][row],
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+    labels = run.labels
+    with atomic_file(job.out, " (a FASTA file is written whole at the end)") as tmp:
+        with open(tmp, "w") as f:
+            for i, name in enumerate(source.names):
+                objective, edits, designed = records[i]
+                done = [f"{p}:{labels[a]}" for p, a in edits if p >= 0]
+                kept = objective[~np.isnan(objective)]
+                f.write(
+                    f">{name} objective={kept[0]:.6g}->{kept[-1]:.6g} "
+                    f"edits={','.join(done) or 'none'}\n"
+                )
+                letters = np.array(list(ALPHABET + "N"))
+                rows = np.where(designed.max(axis=1) > 0, designed.argmax(axis=1), 4)
+                f.write("".join(letters[rows]) + "\n")
+    job.writing = job.out
+    job.n_finished = len(source)
+    job.summary = {
+        "n_seqs": len(source),
+        "scored": len(source),
         "skipped": 0,
         "seconds": time.perf_counter() - start,
         "out": job.out,

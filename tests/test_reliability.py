@@ -997,7 +997,7 @@ def test_results_file_messages(tmp_path):
         f.attrs["format"] = "ismkernel-variants"
     with pytest.raises(
         InputError,
-        match=r"is not an ismkernel ISM results file \(it is 'ismkernel-variants'\)",
+        match=r"is not an ismkernel results file \(it is 'ismkernel-variants'\)",
     ):
         load_results(other)
 

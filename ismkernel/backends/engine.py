@@ -136,6 +136,7 @@ class Backend:
         early_exit: bool | None = None,
         state: RefState | None = None,
         skip: np.ndarray | None = None,
+        values: np.ndarray | None = None,
     ) -> RunStats:
         """Every mutant of ``plan`` for the sequences ``feeds`` (IR layout),
         into ``sink``; ``batch_size`` mutants per chunk (see :func:`walk`)."""
@@ -156,6 +157,7 @@ class Backend:
             early_exit=early_exit,
             state=state,
             skip=skip,
+            values=values,
         )
 
     # -- device hooks ----------------------------------------------------
@@ -434,7 +436,9 @@ def conv_col2im(chunk, name, node, p, start, st, delta, own, info):
 class _Chunk:
     """Computes every node of the plan for one chunk of mutants."""
 
-    def __init__(self, dev, prep, refs, extras, x_seq, seconds, pool, early_exit):
+    def __init__(
+        self, dev, prep, refs, extras, x_seq, seconds, pool, early_exit, edits=None
+    ):
         self.dev = dev
         self.early_exit = early_exit
         self.xp = dev.xp
@@ -446,7 +450,7 @@ class _Chunk:
         self.refs = refs
         self.extras = extras
         self.x_seq = x_seq
-        self.edits = self.plan.edits
+        self.edits = self.plan.edits if edits is None else edits
         self.seconds = seconds
         self.states: dict[str, _State] = {}
         self._uploaded: dict[int, tuple] = {}
@@ -955,6 +959,7 @@ def walk(
     early_exit: bool | None = None,
     state: RefState | None = None,
     skip: np.ndarray | None = None,
+    values: np.ndarray | None = None,
 ) -> RunStats:
     """Run every mutant of ``plan`` (its positions times its alternatives) for
     the sequences ``feeds`` on ``dev``, writing outputs into ``sink``.
@@ -990,12 +995,19 @@ def walk(
         Mutants not to compute at all (their outputs are whatever the caller
         puts there: a pair whose one side writes the reference is a single
         mutant it already has).
+    values : ndarray, optional
+        The rows the plan's edits write, for this run (per sequence of
+        ``feeds``: ``(n_seqs, n_sites, n_variants, k, n_channels)``), in place
+        of the plan's own: one plan serves batches whose edits differ only in
+        their values (shuffles of each sequence's windows).
     """
     graph = plan.graph
     index = graph.inputs.index(plan.seq_input)
     x = feeds[index]
     dtype = np.dtype(x.dtype)
     edits = plan.edits
+    if values is not None:
+        edits = Edits(edits.starts, edits.offsets, np.asarray(values, dtype=dtype))
     n_seqs, n_pos, n_alts = x.shape[0], edits.n_sites, edits.n_variants
     prep = _prepared(dev, plan, dtype)
     n_threads = dev.threads(threads)
@@ -1024,7 +1036,7 @@ def walk(
             local.seconds = {}
             timings.append(local.seconds)
         worker = _Chunk(
-            dev, prep, refs, extras, xb, local.seconds, local.pool, early_exit
+            dev, prep, refs, extras, xb, local.seconds, local.pool, early_exit, edits
         )
 
         def write(k, rows, values):

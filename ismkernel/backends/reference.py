@@ -472,6 +472,7 @@ class ReferenceBackend:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         skip: np.ndarray | None = None,
+        values: np.ndarray | None = None,
         **_ignored,
     ):
         """Every mutant of ``plan`` for ``feeds`` (IR layout), into ``sink``;
@@ -482,6 +483,10 @@ class ReferenceBackend:
         seq_index = graph.inputs.index(plan.seq_input)
         x = feeds[seq_index]
         edits = plan.edits
+        if values is not None:
+            edits = type(edits)(
+                edits.starts, edits.offsets, np.asarray(values, x.dtype)
+            )
         n_seqs = x.shape[0]
         batch = batch_size or default_batch_size(graph, x.dtype)
         sink.open(

@@ -15,6 +15,19 @@ Layout (``n`` sequences, ``P`` positions, ``A`` alternatives)::
     /outputs/<name>/reference  (n, *out)          attrs name, axes
     /outputs/<name>/scores     (n, P, A, *out) or (n, P, *out) for l2
 
+The other analyses write the same file with their own ``format``
+(``ismkernel-scan``, ``ismkernel-pairwise``, ``ismkernel-design``):
+
+- a scan: ``/positions`` holds the window starts, ``/alternatives`` the
+  patterns ``(n_patterns, w, 4)`` (none for per-sequence shuffles), scores
+  ``(n, starts, patterns, *out)``;
+- pairwise: ``/positions`` holds the pairs ``(n_pairs, 2)``, ``/independent``
+  which of them the plan proves never interact, scores ``(n, n_pairs, *out)``
+  per pair (or ``(n, n_pairs, A, A, *out)``);
+- design: scores are the objective before and after each round ``(n,
+  rounds + 1)``, with ``/edits`` ``(n, rounds, 2)`` and ``/designed`` ``(n, L,
+  4)``.
+
 The file is laid out under a temporary name (``OUT.tmp``) and renamed into
 place once its structure is complete and on disk, so a run killed at any
 instant leaves no file or a valid one. Every dataset is contiguous and placed
@@ -56,6 +69,8 @@ __all__ = [
 ]
 
 FORMAT = "ismkernel-ism"
+#: The analyses a results file may hold, each its own ``format``.
+KINDS = ("ism", "scan", "pairwise", "design")
 FORMAT_VERSION = 2
 _DIGEST_SIZE = 16  # bytes of BLAKE2b; stored as 32 hex characters
 
@@ -69,6 +84,18 @@ RUN_KEYS = (
     "n_as",
     "outputs",
     "dtype",
+    "kind",
+    "width",
+    "patterns",
+    "n_shuffles",
+    "kmer",
+    "seed",
+    "max_distance",
+    "rounds",
+    "objective",
+    "objective_output",
+    "beam",
+    "tol",
 )
 #: How a run computes (batching, backend): a resumed run takes these from the
 #: file, so it splits and computes its batches as the interrupted run did.
@@ -183,9 +210,14 @@ class ResultsFile:
         alternatives: np.ndarray,
         labels: list[str],
         outputs: list[OutputLayout],
+        kind: str = "ism",
+        static: dict | None = None,
+        per_seq: dict | None = None,
     ) -> ResultsFile:
         """Lay the file out under ``path + ".tmp"``, rename it to ``path``
-        once complete, and open it to be filled."""
+        once complete, and open it to be filled. ``static``: datasets
+        written now (name to array); ``per_seq``: datasets filled as batches
+        finish (name to ``(shape, dtype)`` per sequence)."""
         from ismkernel import __version__
 
         tmp = path + ".tmp"
@@ -193,7 +225,7 @@ class ResultsFile:
         try:
             with create_h5(tmp) as f:
                 n = len(names)
-                f.attrs["format"] = FORMAT
+                f.attrs["format"] = f"ismkernel-{kind}"
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["ismkernel_version"] = __version__
                 f.attrs["alphabet"] = "ACGT"
@@ -217,6 +249,10 @@ class ResultsFile:
                 alts.attrs["labels"] = json.dumps(labels)
                 f.create_dataset("onehot", (n, seq_len, 4), np.float32, dcpl=_early())
                 f.create_dataset("done", data=np.zeros(n, dtype=np.uint8))
+                for name, value in (static or {}).items():
+                    f.create_dataset(name, data=np.asarray(value))
+                for name, (shape, dtype) in (per_seq or {}).items():
+                    f.create_dataset(name, (n,) + tuple(shape), dtype, dcpl=_early())
                 group = f.create_group("outputs")
                 for out in outputs:
                     g = group.create_group(_group_name(out.name))
@@ -250,6 +286,7 @@ class ResultsFile:
         digests: list[bytes],
         positions: np.ndarray,
         alternatives: np.ndarray,
+        kind: str = "ism",
     ) -> ResultsFile:
         """Open ``path`` to continue the run ``meta`` describes, after checking
         that it is that run, on the same sequences (by content)."""
@@ -267,10 +304,14 @@ class ResultsFile:
                 f"{again}"
             ) from None
         try:
-            if f.attrs.get("format") != FORMAT or "done" not in f:
+            if f.attrs.get("format") != f"ismkernel-{kind}" or "done" not in f:
+                held = f.attrs.get("format")
+                label = "ISM" if kind == "ism" else kind
                 raise InputError(
-                    f"cannot resume '{path}': it is not an ismkernel ISM results "
-                    f"file; {again}"
+                    f"cannot resume '{path}': it is not an ismkernel {label} results "
+                    "file"
+                    + (f" (it holds {held!r})" if isinstance(held, str) else "")
+                    + f"; {again}"
                 )
             version = int(f.attrs.get("format_version", 0))
             if version > FORMAT_VERSION:
@@ -355,8 +396,10 @@ class ResultsFile:
         onehot: np.ndarray,
         references: list[np.ndarray],
         scores: list[np.ndarray],
+        extra: dict | None = None,
     ) -> None:
-        """Write the rows of sequences ``index`` (sorted), then mark them done.
+        """Write the rows of sequences ``index`` (sorted), then mark them done
+        (``extra``: rows of the per-sequence datasets, by name).
         Rows whose sequence is not the one recorded at layout (the input file
         changed while the run read it) are refused before anything is
         written."""
@@ -380,6 +423,8 @@ class ResultsFile:
         for g, ref, sc in zip(self.outputs(), references, scores):
             g["reference"][sel] = np.asarray(ref, dtype=np.float32)
             g["scores"][sel] = np.asarray(sc, dtype=np.float32)
+        for name, value in (extra or {}).items():
+            self.f[name][sel] = value
         self.f.flush()
         done = self.f["done"]
         done[sel] = 1
@@ -415,11 +460,12 @@ def load_results(path: str | os.PathLike, seq: int | str | None = None) -> dict:
             f"cannot open results file '{path}': it is not a readable HDF5 file ({err})"
         ) from None
     with f:
-        if f.attrs.get("format") != FORMAT:
-            kind = f.attrs.get("format")
+        fmt = f.attrs.get("format")
+        kinds = [f"ismkernel-{k}" for k in KINDS]
+        if fmt not in kinds:
             raise InputError(
-                f"'{path}' is not an ismkernel ISM results file"
-                + (f" (it is {kind!r})" if isinstance(kind, str) else "")
+                f"'{path}' is not an ismkernel results file"
+                + (f" (it is {fmt!r})" if isinstance(fmt, str) else "")
             )
         names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][:]]
         done = f["done"][:].astype(bool)
@@ -443,7 +489,14 @@ def load_results(path: str | os.PathLike, seq: int | str | None = None) -> dict:
             "index": index,
             "onehot": f["onehot"][row],
             "outputs": {},
+            "kind": fmt.split("-", 1)[1],
         }
+        for name in ("independent",):
+            if name in f:
+                out[name] = f[name][:]
+        for name in ("edits", "designed"):
+            if name in f:
+                out[name] = f[name][row]
         for g in f["outputs"].values():
             out["outputs"][g.attrs["name"]] = {
                 "reference": g["reference"][row],
