@@ -197,6 +197,23 @@ def test_relu(t):
         np.testing.assert_array_equal(t.host(strided), want[:, :, ::2])
 
 
+def test_running_max(t):
+    """What global max pooling reads: ``np.maximum.accumulate`` along rows,
+    through the device's array module (CuPy has no such ufunc method)."""
+    from ismkernel.backends.cuda.kernels import ArrayModule
+
+    rng = _rng(5)
+    x = rng.normal(size=(3, 9, 5)).astype(np.float32)
+    x[1, 4, 2] = np.nan
+    x[2, 0, 0] = -np.inf
+    want = np.maximum.accumulate(x, axis=1)
+    _same(t.host(t.call("running_max", x)), want)
+    xp = ArrayModule(t.xp, t.k)
+    out = t.nan((3, 10, 5))
+    xp.maximum.accumulate(t.dev(x), axis=1, out=out[:, 1:])  # as the walker asks
+    _same(t.host(out)[:, 1:], want)
+
+
 @pytest.mark.parametrize("is_max", [True, False])
 @pytest.mark.parametrize("pool,stride,left", [(2, 2, 0), (3, 1, 1), (4, 3, 2)])
 def test_pool_window(t, is_max, pool, stride, left):

@@ -57,6 +57,7 @@ def _record() -> list[tuple[str, tuple]]:
             kt.test_gather_and_change(t, *shape, dtype)
     kt.test_exact_zero_tests(t)
     kt.test_relu(t)
+    kt.test_running_max(t)
     kt.test_pool_window(t, True, 3, 1, 1)
     kt.test_pool_window(t, False, 3, 1, 1)
     kt.test_lookup_add(t, 2, 1, 3)

@@ -34,7 +34,12 @@ import numpy as np
 from ismkernel import config, errors
 from ismkernel.backends import reference
 from ismkernel.backends.cuda import memory, tactics
-from ismkernel.backends.cuda.kernels import Kernels, device_launcher, grid_launcher
+from ismkernel.backends.cuda.kernels import (
+    ArrayModule,
+    Kernels,
+    device_launcher,
+    grid_launcher,
+)
 from ismkernel.backends.engine import Backend, RunStats
 from ismkernel.errors import BackendUnavailableError, InputError
 
@@ -94,13 +99,14 @@ class CudaBackend(Backend):
                 f"backend 'cuda' needs a CUDA GPU reachable by CuPy and numba-cuda: "
                 f"{why}; backend='cuda-emulated' runs the same code on the CPU"
             )
-        self.xp = memory.cupy()
+        cupy = memory.cupy()
         self._setup()
         # kernels run on the launching thread's current CuPy stream
         self.kernels = Kernels(
-            self.xp,
+            cupy,
             device_launcher(lambda: memory.numba_stream(memory.current_stream())),
         )
+        self.xp = ArrayModule(cupy, self.kernels)
 
     def _setup(self) -> None:
         self._weights: dict[tuple, tuple] = {}
@@ -273,11 +279,11 @@ class EmulatedBackend(CudaBackend):
     and research aid, not a fast backend."""
 
     name = "cuda-emulated"
-    xp = np
 
     def __init__(self):
         self._setup()
         self.kernels = Kernels(np, grid_launcher())
+        self.xp = ArrayModule(np, self.kernels)
 
     def _check_precision(self, precision: str) -> None:
         if precision != "float32":

@@ -33,6 +33,7 @@ __all__ = [
     "col2im_element",
     "col2im_rows",
     "col2im_columns",
+    "running_max",
 ]
 
 
@@ -399,3 +400,21 @@ def col2im_columns(
             c,
         )
     sums[m, c] = acc
+
+
+@register_jitable
+def running_max(x, out, i):
+    """``out[n, :, c]``: the running maximum of ``x[n, :, c]`` along its rows
+    (``np.maximum.accumulate``: a NaN, once met, stays)."""
+    n_seqs, length, n_ch = x.shape
+    n = i // n_ch
+    c = i % n_ch
+    if length == 0:
+        return
+    acc = x[n, 0, c]
+    out[n, 0, c] = acc
+    for j in range(1, length):
+        v = x[n, j, c]
+        if v > acc or v != v:
+            acc = v
+        out[n, j, c] = acc

@@ -32,6 +32,7 @@ __all__ = [
     "THREADS",
     "BODIES",
     "Kernels",
+    "ArrayModule",
     "kernel_source",
     "grid_launcher",
     "device_launcher",
@@ -54,6 +55,7 @@ BODIES: dict[str, Callable] = {
     "lookup_add": bodies.lookup_add,
     "col2im_rows": bodies.col2im_rows,
     "col2im_columns": bodies.col2im_columns,
+    "running_max": bodies.running_max,
 }
 
 
@@ -360,3 +362,48 @@ class Kernels:
         else:
             self.launch("col2im_columns", sums.size, *args, sums)
         return out
+
+    def running_max(self, x, out=None):
+        """``np.maximum.accumulate(x, axis=1)`` of ``x`` (n, length, n_ch),
+        into ``out`` if given."""
+        if out is None:
+            out = self._empty(x.shape, x.dtype)
+        n = x.shape[0] * x.shape[2]
+        self.launch("running_max", n, self.xp.ascontiguousarray(x), out)
+        return out
+
+
+class _Maximum:
+    """The module's ``maximum``, with ``accumulate`` along the rows of 3-D
+    arrays done by a kernel (CuPy's ufuncs accumulate only for a few ops)."""
+
+    def __init__(self, module: ArrayModule):
+        self._module = module
+
+    def __call__(self, *args, **kwargs):
+        return self._module._xp.maximum(*args, **kwargs)
+
+    def accumulate(self, x, axis=0, out=None):
+        if x.ndim != 3 or axis != 1:
+            return self._module._xp.maximum.accumulate(x, axis=axis, out=out)
+        if out is not None and not out.flags.c_contiguous:
+            out[...] = self._module._kernels.running_max(x)
+            return out
+        return self._module._kernels.running_max(x, out=out)
+
+
+class ArrayModule:
+    """The array module ``xp`` a device hands the walker and the sinks: NumPy's
+    or CuPy's interface, with the running maximum along rows (what global max
+    pooling reads) computed by the device's kernel."""
+
+    def __init__(self, xp: Any, kernels: Kernels):
+        self._xp = xp
+        self._kernels = kernels
+        self.maximum = _Maximum(self)
+
+    def __getattr__(self, name: str):
+        return getattr(self._xp, name)
+
+    def __repr__(self) -> str:
+        return f"<{self._xp.__name__} with device kernels>"
