@@ -17,6 +17,7 @@ from ismkernel.errors import (
     IsmkernelError,
     IsmkernelWarning,
     ModelFileError,
+    OutputFileError,
     ShapeError,
     UnsupportedLayerError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Model",
     "ModelFileError",
     "Objective",
+    "OutputFileError",
     "PairwiseResult",
     "ScanResult",
     "ShapeError",
