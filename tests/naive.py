@@ -83,3 +83,66 @@ def col2im_add(out, taps, in_start, out_start, left, stride, dilation):
                 o = num // stride - out_start[m]
                 if 0 <= o < width:
                     out[m, o] += taps[m, j, k]
+
+
+def conv_transpose1d(x, kernel, bias, stride, dilation, pad_left, out_len, groups=1):
+    """Transposed convolution by its definition: input row ``i`` times tap
+    ``k`` is added to output row ``i * stride + k * dilation - pad_left``
+    where that row is one of ``out_len``. x: (n, L, C); kernel: (K, C,
+    F // groups) as PyTorch orders a transposed kernel (in, out), taps first.
+    Returns (n, out_len, F)."""
+    x = np.asarray(x, np.float64)
+    n, L, C = x.shape
+    K, _, fg = kernel.shape
+    cg = C // groups
+    out = np.zeros((n, out_len, fg * groups))
+    for i in range(L):
+        for k in range(K):
+            o = i * stride + k * dilation - pad_left
+            if not 0 <= o < out_len:
+                continue
+            for g in range(groups):
+                w = kernel[k, g * cg : (g + 1) * cg].astype(np.float64)
+                out[:, o, g * fg : (g + 1) * fg] += x[:, i, g * cg : (g + 1) * cg] @ w
+    if bias is not None:
+        out += np.asarray(bias, np.float64)
+    return out
+
+
+def keras_conv_transpose_geometry(L, K, stride, dilation, padding, output_padding):
+    """``(pad_left, out_len)`` of a Keras transposed convolution: the output
+    length of ``conv_utils.deconv_output_length`` and the left padding
+    TensorFlow gives the forward convolution from ``out_len`` to ``L`` rows
+    (SAME: ``max((L - 1) * stride + span - out_len, 0) // 2``)."""
+    span = (K - 1) * dilation + 1
+    if output_padding is None:
+        if padding == "valid":
+            out_len = L * stride + max(span - stride, 0)
+        else:
+            out_len = L * stride
+    else:
+        pad = span // 2 if padding == "same" else 0
+        out_len = (L - 1) * stride + span - 2 * pad + output_padding
+    if padding == "valid":
+        return 0, out_len
+    return max((L - 1) * stride + span - out_len, 0) // 2, out_len
+
+
+def onnx_conv_transpose_geometry(
+    L, K, stride, dilation, pads, output_padding, auto_pad="NOTSET", output_shape=None
+):
+    """``(pad_left, out_len)`` of an ONNX ConvTranspose, from the operator's
+    specification: explicit ``pads``, or, for SAME_UPPER/SAME_LOWER or an
+    ``output_shape``, ``total = stride * (L - 1) + output_padding + span -
+    out_len`` split with the smaller half first for SAME_UPPER and last
+    otherwise."""
+    span = (K - 1) * dilation + 1
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out_len = output_shape if output_shape is not None else L * stride
+        total = stride * (L - 1) + output_padding + span - out_len
+        start = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        return start, out_len
+    if auto_pad == "VALID":
+        pads = (0, 0)
+    out_len = stride * (L - 1) + output_padding + span - pads[0] - pads[1]
+    return pads[0], out_len

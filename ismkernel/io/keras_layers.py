@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ismkernel.errors import ShapeError, UnsupportedLayerError
+from ismkernel.io.transposed import transposed_geometry
 from ismkernel.ir import nodes as ops
 
 if TYPE_CHECKING:
@@ -268,6 +269,181 @@ def _conv1d(call: LayerCall, xs: list[str]) -> list[str]:
     return _with_activation(call, node)
 
 
+def _ints(call: LayerCall, key: str, n: int, default: Any, minimum: int) -> list[int]:
+    """A per-spatial-axis setting of an ``n``-D layer as ``n`` integers."""
+    value = call.cfg.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * n
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != n
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+            for v in value
+        )
+    ):
+        raise UnsupportedLayerError(
+            f"{call.where()}: '{key}' = {value!r}; expected {n} integer(s) >= {minimum}"
+        )
+    return [int(v) for v in value]
+
+
+@_handles(
+    "Conv1DTranspose",
+    "Convolution1DTranspose",
+    "Conv2DTranspose",
+    "Convolution2DTranspose",
+)
+def _conv_transpose(call: LayerCall, xs: list[str]) -> list[str]:
+    """A transposed convolution along the length: ZeroInsert1D (stride > 1),
+    a Crop1D where the padding is negative, and a Conv1D with the kernel
+    reversed (``ismkernel.io.transposed``). A 2-D one must act on a
+    ``(seq_len, 1, n_channels)`` or ``(1, seq_len, n_channels)`` tensor with
+    a kernel of 1 on the size-1 axis (BPNet's profile head, between two
+    Reshapes, which the Reshape handler reads through)."""
+    _channels_last(call)
+    n = 2 if "2D" in call.layer_class else 1
+    (shape,) = call.in_shapes(xs, rank=2 if n == 1 else None)
+    if len(shape) != n + 1 or shape[-1] is None:
+        raise ShapeError(
+            f"{call.where()} expects inputs of shape (seq_len, 1, n_channels) or "
+            f"(1, seq_len, n_channels) per sample, with a fixed number of "
+            f"channels, got {shape}"
+        )
+    kernel_size = _ints(call, "kernel_size", n, None, 1)
+    strides = _ints(call, "strides", n, 1, 1)
+    dilation = _ints(call, "dilation_rate", n, 1, 1)
+    padding = _choice(call, "padding", ("valid", "same"), "valid")
+    out_pad = call.cfg.get("output_padding")
+    out_pad = None if out_pad is None else _ints(call, "output_padding", n, None, 0)
+    if _int(call, "groups", 1) != 1:
+        raise UnsupportedLayerError(
+            f"{call.where()}: groups={call.cfg['groups']!r}; Keras's transposed "
+            "convolutions have no groups, so this file was edited by hand. Save "
+            "the layer as Keras writes it"
+        )
+    axis = 0
+    if n == 2:
+        axis = _length_axis(call, shape, kernel_size, strides, out_pad)
+    k, s, d = kernel_size[axis], strides[axis], dilation[axis]
+    op = None if out_pad is None else out_pad[axis]
+    if op is not None and op >= s:
+        raise UnsupportedLayerError(
+            f"{call.where()}: output_padding={call.cfg['output_padding']!r} is not "
+            f"smaller than strides={call.cfg.get('strides')!r}, which Keras itself "
+            "refuses; save the layer with an output_padding below the stride"
+        )
+    # The output length (L - 1) * s + extra and TensorFlow's left padding of
+    # the forward convolution whose gradient this is, as Keras computes them
+    # (Keras 2 conv_utils.deconv_output_length, Keras 3
+    # compute_conv_transpose_output_shape: the same numbers).
+    span = (k - 1) * d + 1
+    if padding == "valid":
+        extra = max(span, s) if op is None else span + op
+        pad_left = 0
+    else:
+        extra = s if op is None else span % 2 + op
+        pad_left = max(span - extra, 0) // 2
+    n_channels = shape[-1]
+    length = shape[axis]
+    x = xs[0]
+    if n == 2:
+        x = _squeezed(call, x, (length, n_channels))
+    n_filters = _int(call, "filters")
+    use_bias = bool(call.cfg.get("use_bias", True))
+    expected = {"kernel": tuple(kernel_size) + (n_filters, n_channels)}
+    if use_bias:
+        expected["bias"] = (n_filters,)
+    w = call.weights(expected)
+    # Keras keeps (taps..., n_filters, n_channels); the convolution reads the
+    # taps in reverse as (taps, n_channels, n_filters).
+    kernel = w["kernel"].reshape(k, n_filters, n_channels)[::-1].transpose(0, 2, 1)
+    weights = {"kernel": np.ascontiguousarray(kernel)}
+    if use_bias:
+        weights["bias"] = w["bias"]
+    geometry = transposed_geometry(k, s, d, pad_left, extra)
+    if geometry.insert > 1:
+        x = call.add(ops.ZeroInsert1D(geometry.insert), [x], suffix="/zero_insert")
+    if geometry.crop != (0, 0):
+        z = (length - 1) * s + 1 if length is not None else None
+        if z is not None and sum(geometry.crop) >= z:
+            raise UnsupportedLayerError(
+                f"{call.where()}: its padding leaves no input row under the kernel "
+                f"for an input of length {length}"
+            )
+        x = call.add(ops.Crop1D(*geometry.crop), [x], suffix="/crop")
+    conv = ops.Conv1D(
+        n_filters=n_filters,
+        kernel_size=k,
+        dilation=d,
+        padding=geometry.padding,
+        use_bias=use_bias,
+    )
+    (y,) = _with_activation(call, call.add(conv, [x], weights=weights))
+    if n == 2:
+        out_len = call.builder.graph.nodes[y].shape[0]
+        target = (out_len, 1, n_filters) if axis == 0 else (1, out_len, n_filters)
+        if None in target:
+            raise ShapeError(f"{call.where()} needs a fixed input length")
+        y = call.add(ops.Reshape(target), [y], suffix="/expand")
+    return [y]
+
+
+def _length_axis(
+    call: LayerCall,
+    shape: tuple,
+    kernel_size: list[int],
+    strides: list[int],
+    out_pad: list[int] | None,
+) -> int:
+    """Which spatial axis of a 2-D transposed convolution's input is the
+    length: the other must have size 1, a kernel of 1, stride 1 and no output
+    padding, so the layer is a 1-D one along the length."""
+    for other in (1, 0):
+        if shape[other] == 1 and kernel_size[other] == 1:
+            break
+    else:
+        raise UnsupportedLayerError(
+            f"{call.where()}: kernel_size={tuple(kernel_size)} on an input of shape "
+            f"{tuple(shape)}; only a kernel of 1 on a size-1 axis, (k, 1) on "
+            "(seq_len, 1, n_channels) or (1, k) on (1, seq_len, n_channels), is "
+            "a 1-D transposed convolution ismkernel computes. Reshape the "
+            "sequence to (seq_len, 1, n_channels) and give the kernel a width of 1"
+        )
+    if strides[other] != 1 or (out_pad is not None and out_pad[other] != 0):
+        raise UnsupportedLayerError(
+            f"{call.where()}: strides={tuple(strides)}, output_padding="
+            f"{None if out_pad is None else tuple(out_pad)} widen the size-1 axis "
+            f"{other + 1}; only stride 1 and output_padding 0 along it keep the "
+            "layer 1-D"
+        )
+    return 1 - other
+
+
+def _squeezed(call: LayerCall, x: str, shape: tuple) -> str:
+    """``x`` as a ``(seq_len, n_channels)`` node: the node a Reshape made it
+    from when that has this shape, else a Reshape of it (correct, but with no
+    incremental rule)."""
+    graph = call.builder.graph
+    source = _row_major_source(graph, x)
+    if graph.nodes[source].shape == tuple(shape):
+        return source
+    if None in shape:
+        raise ShapeError(f"{call.where()} needs a fixed input length")
+    return call.add(ops.Reshape(tuple(shape)), [x], suffix="/squeeze")
+
+
+def _row_major_source(graph, x: str) -> str:
+    """The first node up a chain of Reshapes (and row-major Flattens) from
+    ``x``: its values, read row-major, are ``x``'s."""
+    node = graph.nodes[x]
+    while isinstance(node.op, ops.Reshape) or (
+        isinstance(node.op, ops.Flatten) and not node.op.channels_first
+    ):
+        node = graph.nodes[node.inputs[0]]
+    return node.name
+
+
 @_handles("Dense")
 def _dense(call: LayerCall, xs: list[str]) -> list[str]:
     (shape,) = call.in_shapes(xs)
@@ -470,7 +646,13 @@ def _flatten(call: LayerCall, xs: list[str]) -> list[str]:
     fmt = _choice(
         call, "data_format", ("channels_last", "channels_first"), "channels_last"
     )
-    return [call.add(ops.Flatten(channels_first=fmt == "channels_first"), xs)]
+    if fmt == "channels_first":
+        return [call.add(ops.Flatten(channels_first=True), xs)]
+    # A row-major flatten of a reshape is one of the reshape's source.
+    source = _row_major_source(call.builder.graph, xs[0])
+    if len(call.builder.graph.nodes[source].shape) == 1:
+        return [source]
+    return [call.add(ops.Flatten(), [source])]
 
 
 @_handles("Reshape")
@@ -499,4 +681,10 @@ def _reshape(call: LayerCall, xs: list[str]) -> list[str]:
                 f"{call.where()}: cannot reshape {shape} to {tuple(target)}"
             )
         target[target.index(-1)] = total // known
-    return [call.add(ops.Reshape(tuple(target)), xs)]
+    # Reshapes compose: read the first node up a chain of them, and add none
+    # where the result has that node's shape (BPNet's Reshape back after its
+    # transposed convolution).
+    source = _row_major_source(call.builder.graph, xs[0])
+    if call.builder.graph.nodes[source].shape == tuple(target):
+        return [source]
+    return [call.add(ops.Reshape(tuple(target)), [source])]

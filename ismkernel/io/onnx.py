@@ -46,6 +46,7 @@ from ismkernel.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
+from ismkernel.io.transposed import transposed_geometry
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
 
@@ -527,14 +528,22 @@ def _pair(values, default) -> tuple[int, int]:
 
 
 def _single(
-    imp: _Importer, attrs: dict, key: str, default: int, n: int = 1, axis: int = 0
+    imp: _Importer,
+    attrs: dict,
+    key: str,
+    default: int,
+    n: int = 1,
+    axis: int = 0,
+    other: int = 1,
 ) -> int:
     """The value of a per-spatial-axis attribute on the length axis ``axis``
-    of ``n``; on the other axis (of size 1) it must be 1."""
+    of ``n``; on the other axis (of size 1) it must be ``other``."""
     value = attrs.get(key)
     if value is None:
         return default
-    if len(value) != n or any(int(v) != 1 for i, v in enumerate(value) if i != axis):
+    if len(value) != n or any(
+        int(v) != other for i, v in enumerate(value) if i != axis
+    ):
         raise imp.unsupported(
             f"{key}={list(value)}: only 1-D ops along the length axis are supported"
         )
@@ -631,6 +640,110 @@ def _conv(imp: _Importer, inputs, attrs):
     weights = {"kernel": w.transpose(2, 1, 0)}
     if bias is not None:
         weights["bias"] = bias
+    return imp.add(op, [x], x.perm, weights)
+
+
+@_handles("ConvTranspose")
+def _conv_transpose(imp: _Importer, inputs, attrs):
+    """A ZeroInsert1D (stride > 1), a Crop1D where the padding is negative
+    and a Conv1D with the kernel reversed (``ismkernel.io.transposed``); pads
+    and ``output_shape`` as the ONNX specification and its reference
+    implementation define them (SAME_UPPER puts the odd extra pad at the end)."""
+    x = imp.tensor(inputs[0])
+    w = imp.need_const(inputs[1], "weight")
+    if w.ndim not in (3, 4):
+        raise imp.unsupported(
+            f"weight of shape {w.shape}: only 1-D transposed convolution (or 2-D "
+            "with a kernel of 1 on a size-1 axis) is supported"
+        )
+    n = w.ndim - 2
+    x = imp.as_sequence(x)
+    axis = imp.need_sequence(x, "ConvTranspose", n)
+    if n == 2:
+        if w.shape[2 + 1 - axis] != 1:
+            raise imp.unsupported(
+                f"weight of shape {w.shape} spans the size-1 axis; only kernels "
+                "along the length axis are supported"
+            )
+        w = w.reshape(w.shape[0], w.shape[1], w.shape[2 + axis])
+    n_channels, filters_per_group, k = (int(d) for d in w.shape)
+    kernel_shape = attrs.get("kernel_shape")
+    if kernel_shape is not None and [int(v) for v in kernel_shape][axis] != k:
+        raise ModelFileError(
+            f"{imp.where()} in '{imp.path}': kernel_shape={list(kernel_shape)} does "
+            f"not match its weight of shape {w.shape}"
+        )
+    groups = int(attrs.get("group", 1))
+    shape = imp.onnx_shape(x)
+    if groups < 1 or n_channels % groups or shape[0] != n_channels:
+        raise ShapeError(
+            f"{imp.where()} in '{imp.path}': a weight of shape {w.shape} in "
+            f"{groups} group(s) does not fit an input of {shape[0]} channels"
+        )
+    stride = _single(imp, attrs, "strides", 1, n, axis)
+    dilation = _single(imp, attrs, "dilations", 1, n, axis)
+    out_pad = _single(imp, attrs, "output_padding", 0, n, axis, other=0)
+    span = (k - 1) * dilation + 1
+    length = shape[1 + axis]
+    auto = attrs.get("auto_pad", "NOTSET")
+    output_shape = attrs.get("output_shape")
+    if output_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        if output_shape is not None:
+            out_len = _single(imp, attrs, "output_shape", 0, n, axis)
+            if length is None:
+                raise imp.needs_length("output_shape fixes the output length")
+            total = stride * (length - 1) + out_pad + span - out_len
+        else:  # the output is length * stride rows
+            total = out_pad + span - stride
+        small = total // 2
+        pad_left = small if auto == "SAME_UPPER" else total - small
+        pads = (pad_left, total - pad_left)
+    elif auto == "VALID":
+        pads = (0, 0)
+    elif auto == "NOTSET":
+        pads = _explicit_pads(imp, attrs, length, span, stride, n, axis)
+    else:
+        raise imp.unsupported(f"auto_pad={auto!r} is not an ONNX padding mode")
+    bias = None
+    if len(inputs) > 2 and inputs[2]:
+        bias = imp.need_const(inputs[2], "bias").reshape(-1)
+    n_filters = filters_per_group * groups
+    # ONNX keeps (n_channels, n_filters // groups, taps); the convolution reads
+    # the taps in reverse as (taps, n_channels // groups, n_filters), group by
+    # group.
+    kernel = (
+        w.reshape(groups, n_channels // groups, filters_per_group, k)
+        .transpose(3, 1, 0, 2)
+        .reshape(k, n_channels // groups, n_filters)[::-1]
+    )
+    weights = {"kernel": kernel}
+    if bias is not None:
+        weights["bias"] = bias
+    extra = out_pad + span - pads[0] - pads[1]
+    geometry = transposed_geometry(k, stride, dilation, pads[0], extra)
+    if length is not None and (length - 1) * stride + extra < 1:
+        raise imp.unsupported(
+            f"its pads {pads} leave no output row for an input of length {length}"
+        )
+    if geometry.insert > 1:
+        x = imp.add(
+            ops.ZeroInsert1D(geometry.insert), [x], x.perm, suffix="/zero_insert"
+        )
+    if geometry.crop != (0, 0):
+        if length is not None and sum(geometry.crop) >= (length - 1) * stride + 1:
+            raise imp.unsupported(
+                f"its pads {pads} leave no input row under the kernel for an "
+                f"input of length {length}"
+            )
+        x = imp.add(ops.Crop1D(*geometry.crop), [x], x.perm, suffix="/crop")
+    op = ops.Conv1D(
+        n_filters=n_filters,
+        kernel_size=k,
+        dilation=dilation,
+        padding=geometry.padding,
+        groups=groups,
+        use_bias=bias is not None,
+    )
     return imp.add(op, [x], x.perm, weights)
 
 
