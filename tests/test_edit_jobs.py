@@ -262,3 +262,50 @@ def test_a_job_with_other_options_is_not_resumed(tmp_path):
         )
     with pytest.raises(InputError, match="not an ismkernel pairwise results file"):
         run_job(_job(tmp_path, "s.h5", kind="pairwise", max_distance=3, resume=True))
+
+
+def test_outputs_are_written_in_the_models_order_not_by_name(tmp_path):
+    """A model whose outputs are not in alphabetical order: each output's
+    scores land in its own group (HDF5 lists groups by name)."""
+    from random_graphs import Builder
+
+    from ismkernel.ir import nodes as ops
+
+    b = Builder(30)
+    c = b.conv(b.seq, 2, 3)
+    zz = b.add(ops.Activation("tanh"), [c])  # "activation_2": first output
+    aa = b.add(ops.GlobalPool1D("sum"), [c])  # "globalpool1d_3"
+    b.g.outputs = [zz, aa]
+    b.g.output_names = ["zz_profile", "aa_count"]
+    model = ismkernel.Model(b.g.finalize())
+    path = tmp_path / "m.npy"
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(0).integers(0, 4, (3, 30))]
+    np.save(path, x)
+    import pickle
+
+    with open(tmp_path / "model.pkl", "wb") as f:
+        pickle.dump(model, f)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(job_module, "load_model", lambda _: model)
+    try:
+        out = run_job(
+            IsmJob(
+                str(tmp_path / "model.pkl"),
+                str(path),
+                str(tmp_path / "o.h5"),
+                reduce="raw",
+                quiet=True,
+            )
+        )["out"]
+    finally:
+        monkey.undo()
+    want = ismkernel.ism(model, x)
+    data = load_results(out)
+    assert list(data["outputs"]) == ["zz_profile", "aa_count"]
+    for k, name in enumerate(["zz_profile", "aa_count"]):
+        np.testing.assert_allclose(
+            data["outputs"][name]["scores"], want.outputs[k], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            data["outputs"][name]["reference"], want.reference[k], rtol=1e-6
+        )

@@ -254,6 +254,10 @@ class ResultsFile:
                 for name, (shape, dtype) in (per_seq or {}).items():
                     f.create_dataset(name, (n,) + tuple(shape), dtype, dcpl=_early())
                 group = f.create_group("outputs")
+                # HDF5 lists groups by name, not in the model's order
+                group.attrs["order"] = json.dumps(
+                    [_group_name(out.name) for out in outputs]
+                )
                 for out in outputs:
                     g = group.create_group(_group_name(out.name))
                     g.attrs["name"] = out.name
@@ -388,7 +392,9 @@ class ResultsFile:
         return int(self.f["done"][:].sum())
 
     def outputs(self) -> list[h5py.Group]:
-        return list(self.f["outputs"].values())
+        """The output groups in the model's order (the order of the layouts
+        the file was made with), whatever order HDF5 lists them in."""
+        return _ordered(self.f)
 
     def write(
         self,
@@ -497,13 +503,26 @@ def load_results(path: str | os.PathLike, seq: int | str | None = None) -> dict:
         for name in ("edits", "designed"):
             if name in f:
                 out[name] = f[name][row]
-        for g in f["outputs"].values():
+        for g in _ordered(f):
             out["outputs"][g.attrs["name"]] = {
                 "reference": g["reference"][row],
                 "scores": g["scores"][row],
                 "axes": g.attrs["axes"],
             }
     return out
+
+
+def _ordered(f: h5py.File) -> list[h5py.Group]:
+    """A file's output groups in the model's order: recorded at layout, or,
+    in files made before it was, that of their ``outputs`` attribute."""
+    group = f["outputs"]
+    order = group.attrs.get("order")
+    if order is None:
+        names = json.loads(f.attrs.get("outputs", "[]") or "[]")
+        order = json.dumps([_group_name(n) for n in names])
+    keys = [k for k in json.loads(order) if k in group]
+    keys += [k for k in group if k not in keys]
+    return [group[k] for k in keys]
 
 
 def _find(names: list[str], seq: int | str, path: str) -> int:
