@@ -67,3 +67,15 @@ CPU_MIN_CHUNK = 32
 #: Most mutants the cpu backend puts in one chunk: beyond a few thousand the
 #: GEMMs are no faster and the tiles fall out of cache.
 CPU_MAX_CHUNK = 4096
+
+#: Share of free device memory a cuda run plans to use (cuBLAS workspaces,
+#: CuPy's pool rounding and the caller's own arrays need the rest).
+CUDA_FREE_FRACTION = 0.8
+
+#: Most mutants per chunk on a GPU: enough that a kernel launch (some
+#: microseconds) is small against the work it launches.
+CUDA_MAX_CHUNK = 4096
+
+#: Threads per block of the device kernels. Grids are rounded up, so the last
+#: block is partial.
+CUDA_THREADS = 128

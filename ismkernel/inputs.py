@@ -39,13 +39,30 @@ def check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _as_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+def array_module(a: Any):
+    """NumPy, or CuPy for a CuPy array (imported already if ``a`` is one)."""
+    if type(a).__module__.startswith("cupy"):
+        import sys
+
+        return sys.modules["cupy"]
+    return np
+
+
+def _as_array(
+    value: Any, name: str, dtype: np.dtype, device: bool = False
+) -> np.ndarray:
+    """``value`` as a finite numeric array of ``dtype``. A GPU array stays on
+    its device where ``device`` (the cuda backend), else is refused."""
+    on_gpu = hasattr(value, "__cuda_array_interface__") and not isinstance(
+        value, np.ndarray
+    )
+    if on_gpu and not device:
         raise InputError(
-            f"{name} is a GPU array; the reference backend takes NumPy arrays "
-            "(copy it to the host with .get())"
+            f"{name} is a GPU array; this backend takes NumPy arrays (copy it to "
+            "the host with .get(), or use backend='cuda')"
         )
-    arr = np.asarray(value)
+    xp = array_module(value) if on_gpu else np
+    arr = xp.asarray(value)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating)
         or np.issubdtype(arr.dtype, np.integer)
@@ -56,8 +73,8 @@ def _as_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
             "int or bool)"
         )
     arr = arr.astype(dtype, copy=False)
-    if arr.size and not np.all(np.isfinite(arr)):
-        bad = np.argwhere(~np.isfinite(arr))[0]
+    if arr.size and not bool(xp.all(xp.isfinite(arr))):
+        bad = np.argwhere(~np.isfinite(np.asarray(arr.get() if on_gpu else arr)))[0]
         raise InputError(
             f"{name} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})"
         )
@@ -77,7 +94,11 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec, name: str) -> None:
 
 
 def as_feeds(
-    specs: Sequence[TensorSpec], x: Any, dtype: np.dtype, name: str = "x"
+    specs: Sequence[TensorSpec],
+    x: Any,
+    dtype: np.dtype,
+    name: str = "x",
+    device: bool = False,
 ) -> list[np.ndarray]:
     """Arrays for the model inputs, in model input order, validated and cast.
 
@@ -112,7 +133,7 @@ def as_feeds(
         values, labels = [x], [name]
     feeds = []
     for value, label, spec in zip(values, labels, specs):
-        arr = _as_array(value, label, dtype)
+        arr = _as_array(value, label, dtype, device)
         _check_shape(arr, spec, label)
         feeds.append(arr)
     n = {f.shape[0] for f in feeds}

@@ -132,6 +132,7 @@ def ism(
     client: Any = None,
     output_rows: dict | None = None,
     early_exit: bool | None = None,
+    precision: str = "float32",
 ) -> IsmResult:
     """In-silico saturation mutagenesis of ``model`` on sequences ``x``.
 
@@ -142,7 +143,9 @@ def ism(
         The sequences (one-hot or not), in the model's own layout: ONNX models
         from PyTorch take ``(n_seqs, n_channels, seq_len)``. For a model with several inputs, a list
         in model input order or a dict by input name; inputs other than the
-        mutated one stay fixed per sequence.
+        mutated one stay fixed per sequence. NumPy arrays give NumPy results;
+        with ``backend="cuda"``, CuPy arrays give CuPy results on their
+        device.
     alternatives : ndarray, shape (n_alts, n_channels), optional
         Rows to put at each position; default ``identity(n_channels)``.
     positions : None, slice or 1-D int array, optional
@@ -184,6 +187,10 @@ def ism(
     early_exit : bool, optional
         Whether mutants whose change vanished exactly stop early (default:
         the backend's choice; the results are the same either way).
+    precision : {"float32", "tf32"}
+        ``"tf32"`` lets the cuda backend's GEMMs round float32 inputs to TF32
+        (faster on recent GPUs, not exact to float32); recorded in
+        ``result.stats``.
 
     Returns
     -------
@@ -202,6 +209,7 @@ def ism(
         threads=threads,
         output_rows=output_rows,
         early_exit=early_exit,
+        precision=precision,
     )
     if reduce is not None and reduce not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
@@ -255,6 +263,7 @@ class EditRun:
         threads: int | None = None,
         output_rows: dict | None = None,
         early_exit: bool | None = None,
+        precision: str = "float32",
     ):
         self.backend_name = resolve_backend(backend)
         self.backend = get_backend(self.backend_name)
@@ -266,6 +275,16 @@ class EditRun:
         self.threads = check_positive_int(threads, "threads")
         self.output_rows = output_rows
         self.early_exit = None if early_exit is None else bool(early_exit)
+        if precision not in ("float32", "tf32"):
+            raise InputError(
+                f"precision must be 'float32' or 'tf32', got {precision!r}"
+            )
+        if precision != "float32" and not self.backend_name.startswith("cuda"):
+            raise InputError(
+                f"precision={precision!r} is a GPU GEMM mode: it needs "
+                f"backend='cuda', not {self.backend_name!r}"
+            )
+        self.precision = precision
         self._plans: dict[tuple, tuple] = {}
 
     def edits(self, seq: np.ndarray) -> Edits:
@@ -279,7 +298,7 @@ class EditRun:
         model = self.model.specialize(x)  # an ONNX graph waiting for its length
         specs = model.graph.input_specs  # the IR's (seq_len, n_channels) layout
         index = seq_input_index(specs, self.seq_input)
-        feeds = model.feeds(x, self.dtype)
+        feeds = model.feeds(x, self.dtype, device=self.backend_name == "cuda")
         key = tuple(f.shape[1:] for f in feeds) + (id(model),)
         if key not in self._plans:
             edits = self.edits(feeds[index])
@@ -399,6 +418,9 @@ class EditRun:
                 **({} if state is None else {"state": state}),
                 **({} if skip is None else {"skip": skip}),
                 **({} if values is None else {"values": values}),
+                **(
+                    {} if self.precision == "float32" else {"precision": self.precision}
+                ),
             )
         finally:
             if bar is not None:

@@ -10,7 +10,7 @@ import numpy as np
 from ismkernel import config
 from ismkernel.backends import reference
 from ismkernel.errors import InputError, ModelFileError
-from ismkernel.inputs import as_feeds, check_dtype, check_positive_int
+from ismkernel.inputs import array_module, as_feeds, check_dtype, check_positive_int
 from ismkernel.io import read_graph
 from ismkernel.io.onnx import NeedsLength
 from ismkernel.ir import Graph, TensorSpec
@@ -144,9 +144,12 @@ class Model:
             output_perms=[self.output_perms[k] for k in picks],
         )
 
-    def feeds(self, x: Any, dtype: np.dtype, name: str = "x") -> list[np.ndarray]:
-        """``x`` validated against the model's inputs, as IR-layout arrays."""
-        feeds = as_feeds(self.inputs, x, dtype, name)
+    def feeds(
+        self, x: Any, dtype: np.dtype, name: str = "x", device: bool = False
+    ) -> list[np.ndarray]:
+        """``x`` validated against the model's inputs, as IR-layout arrays
+        (GPU arrays stay on their device where ``device``)."""
+        feeds = as_feeds(self.inputs, x, dtype, name, device)
         return [_to_ir(f, p, 1) for f, p in zip(feeds, self.input_perms)]
 
     def from_ir(self, arrays: list[np.ndarray], lead: int) -> list[np.ndarray]:
@@ -278,7 +281,7 @@ def _from_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
     order = real + [j for j in range(rank) if j not in real]  # missing ones: size 1
     moved = a.transpose(tuple(range(lead)) + tuple(lead + j for j in order))
     shape = a.shape[:lead] + _model_shape(a.shape[lead:], perm)
-    return np.ascontiguousarray(moved.reshape(shape))
+    return array_module(a).ascontiguousarray(moved.reshape(shape))
 
 
 def _to_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
@@ -290,7 +293,7 @@ def _to_ir(a: np.ndarray, perm: tuple, lead: int) -> np.ndarray:
         a.shape[:lead] + tuple(d for d, j in zip(a.shape[lead:], perm) if j is not None)
     )
     order = tuple(int(i) for i in np.argsort(real))
-    return np.ascontiguousarray(
+    return array_module(a).ascontiguousarray(
         kept.transpose(tuple(range(lead)) + tuple(lead + i for i in order))
     )
 

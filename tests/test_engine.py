@@ -206,3 +206,29 @@ def test_scores_only_need_a_reducer():
     x = fixture_inputs(fixture_data("basset_mini.k2.h5"), "onehot")[0]
     with pytest.raises(InputError, match="keep_outputs=False needs a reducer"):
         IsmRun(model)(x, keep_outputs=False)
+
+
+class _DeviceArray:
+    """Stands in for a GPU array: it has a CUDA array interface."""
+
+    __cuda_array_interface__ = {"shape": (1, 48, 4), "typestr": "<f4", "version": 3}
+
+
+def test_a_gpu_array_is_refused_by_a_host_backend():
+    model = ismkernel.load_model(fixture_path("basset_mini.k2.h5"))
+    with pytest.raises(InputError, match=r"x is a GPU array; this backend takes NumPy"):
+        ismkernel.ism(model, _DeviceArray(), backend="cpu")
+
+
+@pytest.mark.parametrize(
+    "precision,backend,match",
+    [
+        ("tf32", "cpu", "precision='tf32' is a GPU GEMM mode: it needs backend='cuda'"),
+        ("half", "cpu", "precision must be 'float32' or 'tf32', got 'half'"),
+    ],
+)
+def test_precision_is_for_the_gpu(precision, backend, match):
+    model = ismkernel.load_model(fixture_path("basset_mini.k2.h5"))
+    x = fixture_inputs(fixture_data("basset_mini.k2.h5"), "onehot")[0]
+    with pytest.raises(InputError, match=match):
+        ismkernel.ism(model, x, backend=backend, precision=precision)

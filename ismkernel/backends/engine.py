@@ -327,8 +327,9 @@ class RefState:
 
 
 def reference_state(dev: Backend, plan: Plan, feeds: Sequence) -> RefState:
-    """The dense reference pass of ``feeds``, kept for later runs."""
-    return RefState(*_block_refs(dev, plan, feeds))
+    """The dense reference pass of ``feeds``, kept (on the device) for later
+    runs."""
+    return RefState(*_block_refs(dev, plan, [dev.asarray(f) for f in feeds]))
 
 
 def commit(
@@ -346,7 +347,7 @@ def commit(
     the edit's window by the mutant's values, computed incrementally with
     the plan's windows: no full forward pass."""
     graph = plan.graph
-    x = feeds[graph.inputs.index(plan.seq_input)]
+    x = dev.asarray(feeds[graph.inputs.index(plan.seq_input)])
     dtype = np.dtype(x.dtype)
     parents = np.asarray(parents, dtype=np.int64)
     new = state.take(parents, dev)

@@ -48,14 +48,6 @@ __all__ = ["CudaBackend", "EmulatedBackend", "DeviceRunStats", "PRECISIONS"]
 #: GEMM precisions a run may ask for.
 PRECISIONS = ("float32", "tf32")
 
-#: Share of free device memory a run plans to use (cuBLAS workspaces, CuPy's
-#: pool rounding and the caller's own arrays need the rest).
-FREE_FRACTION = 0.8
-
-#: Most mutants per chunk: enough that a kernel launch (some microseconds)
-#: is small against the work it launches.
-MAX_CHUNK = 4096
-
 
 @dataclasses.dataclass
 class DeviceRunStats(RunStats):
@@ -243,11 +235,11 @@ class CudaBackend(Backend):
         A model whose one sequence and one mutant do not fit raises a
         ``ResourceError`` saying how many bytes it needs."""
         itemsize = np.dtype(dtype).itemsize
-        free = int(self.free_bytes() * FREE_FRACTION) - self._reserved
+        free = int(self.free_bytes() * config.CUDA_FREE_FRACTION) - self._reserved
         budget = min(int(memory_budget), free) if memory_budget else free
         ref_per_seq = sum(math.prod(s) for s in plan.shapes.values()) * itemsize
         per_mutant = max(plan.peak_bytes_per_mutant(), 1)
-        if self._reserved > int(self.free_bytes() * FREE_FRACTION):
+        if self._reserved > int(self.free_bytes() * config.CUDA_FREE_FRACTION):
             raise errors.ResourceError(
                 f"the outputs of {n_seqs} sequences need {self._reserved:,} bytes "
                 f"on the {self.name} device, which has {free + self._reserved:,} "
@@ -268,7 +260,7 @@ class CudaBackend(Backend):
         block = int(max(1, min(n_seqs, (budget // 4) // max(ref_per_seq, 1))))
         tile_budget = budget - block * ref_per_seq
         chunk = chunk_size or int(
-            max(1, min(MAX_CHUNK, tile_budget // (2 * per_mutant)))
+            max(1, min(config.CUDA_MAX_CHUNK, tile_budget // (2 * per_mutant)))
         )
         return block, chunk, tile_budget
 

@@ -26,6 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ismkernel import config
 from ismkernel.backends.cuda import bodies
 
 __all__ = [
@@ -38,9 +39,8 @@ __all__ = [
     "device_launcher",
 ]
 
-#: Threads per block of the device kernels. Grids are rounded up, so the last
-#: block is partial.
-THREADS = 128
+#: Threads per block of the device kernels (``config.CUDA_THREADS``).
+THREADS = config.CUDA_THREADS
 
 #: Every body a launcher runs, by name.
 BODIES: dict[str, Callable] = {
