@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ismkernel.errors import ShapeError, UnsupportedLayerError
-from ismkernel.io.transposed import transposed_geometry
+from ismkernel.io.transposed import transposed_geometry, transposed_ops
 from ismkernel.ir import nodes as ops
 
 if TYPE_CHECKING:
@@ -326,8 +326,8 @@ def _conv_transpose(call: LayerCall, xs: list[str]) -> list[str]:
     if n == 2:
         axis = _length_axis(call, shape, kernel_size, strides, out_pad)
     k, s, d = kernel_size[axis], strides[axis], dilation[axis]
-    op = None if out_pad is None else out_pad[axis]
-    if op is not None and op >= s:
+    o_pad = None if out_pad is None else out_pad[axis]
+    if o_pad is not None and o_pad >= s:
         raise UnsupportedLayerError(
             f"{call.where()}: output_padding={call.cfg['output_padding']!r} is not "
             f"smaller than strides={call.cfg.get('strides')!r}, which Keras itself "
@@ -339,10 +339,10 @@ def _conv_transpose(call: LayerCall, xs: list[str]) -> list[str]:
     # compute_conv_transpose_output_shape: the same numbers).
     span = (k - 1) * d + 1
     if padding == "valid":
-        extra = max(span, s) if op is None else span + op
+        extra = max(span, s) if o_pad is None else span + o_pad
         pad_left = 0
     else:
-        extra = s if op is None else span % 2 + op
+        extra = s if o_pad is None else span % 2 + o_pad
         pad_left = max(span - extra, 0) // 2
     n_channels = shape[-1]
     length = shape[axis]
@@ -361,25 +361,12 @@ def _conv_transpose(call: LayerCall, xs: list[str]) -> list[str]:
     weights = {"kernel": np.ascontiguousarray(kernel)}
     if use_bias:
         weights["bias"] = w["bias"]
-    geometry = transposed_geometry(k, s, d, pad_left, extra)
-    if geometry.insert > 1:
-        x = call.add(ops.ZeroInsert1D(geometry.insert), [x], suffix="/zero_insert")
-    if geometry.crop != (0, 0):
-        z = (length - 1) * s + 1 if length is not None else None
-        if z is not None and sum(geometry.crop) >= z:
-            raise UnsupportedLayerError(
-                f"{call.where()}: its padding leaves no input row under the kernel "
-                f"for an input of length {length}"
-            )
-        x = call.add(ops.Crop1D(*geometry.crop), [x], suffix="/crop")
-    conv = ops.Conv1D(
-        n_filters=n_filters,
-        kernel_size=k,
-        dilation=d,
-        padding=geometry.padding,
-        use_bias=use_bias,
-    )
-    (y,) = _with_activation(call, call.add(conv, [x], weights=weights))
+    geometry = transposed_geometry(k, s, d, pad_left, extra, length)
+    conv = ops.Conv1D(n_filters=n_filters, kernel_size=k, dilation=d, use_bias=use_bias)
+    for op, suffix in transposed_ops(geometry, conv):
+        w_op = weights if isinstance(op, ops.Conv1D) else None
+        x = call.add(op, [x], weights=w_op, suffix=suffix)
+    (y,) = _with_activation(call, x)
     if n == 2:
         out_len = call.builder.graph.nodes[y].shape[0]
         target = (out_len, 1, n_filters) if axis == 0 else (1, out_len, n_filters)

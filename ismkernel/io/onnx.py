@@ -46,7 +46,7 @@ from ismkernel.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
-from ismkernel.io.transposed import transposed_geometry
+from ismkernel.io.transposed import transposed_geometry, transposed_ops
 from ismkernel.ir import Graph, Node
 from ismkernel.ir import nodes as ops
 
@@ -459,7 +459,8 @@ class _Importer:
         n = self.node
         xs = [self.consts[i] if i else None for i in inputs]
         out = _FOLD[n.op_type](self, xs, _attrs(n))
-        self.consts[n.output[0]] = np.asarray(out)
+        for name, value in zip(n.output, out if isinstance(out, list) else [out]):
+            self.consts[name] = np.asarray(value)
 
 
 _RECURRENT = ("LSTM", "GRU", "RNN", "Scan", "Loop")
@@ -534,15 +535,16 @@ def _single(
     default: int,
     n: int = 1,
     axis: int = 0,
-    other: int = 1,
+    other: int | None = 1,
 ) -> int:
     """The value of a per-spatial-axis attribute on the length axis ``axis``
-    of ``n``; on the other axis (of size 1) it must be ``other``."""
+    of ``n``; on the other axis (of size 1) it must be ``other`` (``None``:
+    anything, as a dilation across a kernel of 1)."""
     value = attrs.get(key)
     if value is None:
         return default
     if len(value) != n or any(
-        int(v) != other for i, v in enumerate(value) if i != axis
+        other is not None and int(v) != other for i, v in enumerate(value) if i != axis
     ):
         raise imp.unsupported(
             f"{key}={list(value)}: only 1-D ops along the length axis are supported"
@@ -681,7 +683,9 @@ def _conv_transpose(imp: _Importer, inputs, attrs):
             f"{groups} group(s) does not fit an input of {shape[0]} channels"
         )
     stride = _single(imp, attrs, "strides", 1, n, axis)
-    dilation = _single(imp, attrs, "dilations", 1, n, axis)
+    # The kernel is 1 across the size-1 axis: a dilation there changes nothing
+    # (Keras 2 writes a 2-D dilation as (d, d)).
+    dilation = _single(imp, attrs, "dilations", 1, n, axis, other=None)
     out_pad = _single(imp, attrs, "output_padding", 0, n, axis, other=0)
     span = (k - 1) * dilation + 1
     length = shape[1 + axis]
@@ -720,31 +724,22 @@ def _conv_transpose(imp: _Importer, inputs, attrs):
     if bias is not None:
         weights["bias"] = bias
     extra = out_pad + span - pads[0] - pads[1]
-    geometry = transposed_geometry(k, stride, dilation, pads[0], extra)
     if length is not None and (length - 1) * stride + extra < 1:
         raise imp.unsupported(
             f"its pads {pads} leave no output row for an input of length {length}"
         )
-    if geometry.insert > 1:
-        x = imp.add(
-            ops.ZeroInsert1D(geometry.insert), [x], x.perm, suffix="/zero_insert"
-        )
-    if geometry.crop != (0, 0):
-        if length is not None and sum(geometry.crop) >= (length - 1) * stride + 1:
-            raise imp.unsupported(
-                f"its pads {pads} leave no input row under the kernel for an "
-                f"input of length {length}"
-            )
-        x = imp.add(ops.Crop1D(*geometry.crop), [x], x.perm, suffix="/crop")
-    op = ops.Conv1D(
+    geometry = transposed_geometry(k, stride, dilation, pads[0], extra, length)
+    conv = ops.Conv1D(
         n_filters=n_filters,
         kernel_size=k,
         dilation=dilation,
-        padding=geometry.padding,
         groups=groups,
         use_bias=bias is not None,
     )
-    return imp.add(op, [x], x.perm, weights)
+    for op, suffix in transposed_ops(geometry, conv):
+        w_op = weights if isinstance(op, ops.Conv1D) else None
+        x = imp.add(op, [x], x.perm, w_op, suffix=suffix)
+    return x
 
 
 @_handles("MaxPool", "AveragePool")
@@ -2126,6 +2121,23 @@ def _fold_slice(imp, xs, attrs):
     for axis, start, end, step in _slice_params(imp, list(imp.node.input), attrs):
         index[axis] = slice(start, end, step)
     return xs[0][tuple(index)]
+
+
+@_folds("Split")
+def _fold_split(imp, xs, attrs):
+    """Several outputs (tf2onnx splits the pads it computes for a transposed
+    convolution's output shape)."""
+    axis = int(attrs.get("axis", 0))
+    n = xs[0].shape[axis]
+    if len(xs) > 1 and xs[1] is not None:
+        sizes = [int(s) for s in xs[1].reshape(-1)]
+    elif "split" in attrs:
+        sizes = [int(s) for s in attrs["split"]]
+    else:
+        parts = int(attrs.get("num_outputs", len(imp.node.output)))
+        size = -(-n // parts)
+        sizes = [min(size, n - i * size) for i in range(parts)]
+    return np.split(xs[0], np.cumsum(sizes)[:-1], axis=axis)
 
 
 @_folds("ConstantOfShape")
