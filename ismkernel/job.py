@@ -610,7 +610,17 @@ class _Run:
 
     @property
     def bytes_per_seq(self) -> int:
-        """Bytes of one sequence's scores (what a batch holds per sequence)."""
+        """Bytes a batch holds per sequence, which sizes the batches. For ISM
+        and scans, every mutant's whole outputs (what the sink's block holds
+        before it reduces), whatever the reducer keeps: batches then do not
+        change with the reducer, and ISM's are those they always were (other
+        batches would round float32 results differently)."""
+        if self.kind in ("ism", "scan"):
+            n_pos, n_alts = len(self.positions), len(self.labels)
+            return sum(
+                4 * n_pos * n_alts * int(np.prod(self.model.output_axes[k].shape))
+                for k in self.picks
+            )
         return sum(4 * int(np.prod(lay.scores_shape)) for lay in self.layouts) + sum(
             8 * int(np.prod(shape)) for shape, _ in self.per_seq.values()
         )
