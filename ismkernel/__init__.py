@@ -11,6 +11,7 @@ from ismkernel.analyses import (
     scan,
     shuffles,
 )
+from ismkernel.ensemble import Ensemble
 from ismkernel.errors import (
     BackendUnavailableError,
     InputError,
@@ -33,6 +34,7 @@ __all__ = [
     "EXAMPLE_MODEL",
     "BackendUnavailableError",
     "DesignResult",
+    "Ensemble",
     "InputError",
     "IsmResult",
     "IsmkernelError",

@@ -9,7 +9,8 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.backends import get_backend, resolve_backend
-from ismkernel.errors import InputError
+from ismkernel.ensemble import Ensemble, as_model
+from ismkernel.errors import InputError, ShapeError
 from ismkernel.inputs import (
     check_alternatives,
     check_dtype,
@@ -23,16 +24,34 @@ from ismkernel.model import Model, _from_ir
 from ismkernel.plan import Edits
 from ismkernel.plan.intervals import EMPTY, hull
 from ismkernel.reduce import (
+    PROFILE_REDUCERS,
     REDUCERS,
     OutputAxes,
     OutputSink,
     ScoreSink,
+    check_profile_options,
     parse_range,
+    profile_range,
+    reduce_profile_outputs,
     reduce_scores,
     select_output,
 )
 
-__all__ = ["ism", "IsmResult", "IsmRun", "EditRun"]
+__all__ = ["ism", "IsmResult", "IsmRun", "EditRun", "EnsembleRun", "make_run"]
+
+#: Every reducer ism() takes: per value, and along a profile's length.
+ISM_REDUCERS = REDUCERS + PROFILE_REDUCERS
+
+
+def check_reduce(
+    reduce: str | None, sum_over: Any = None, over: Any = None, around: Any = None
+) -> None:
+    """A reducer :func:`ism` knows, with options it takes."""
+    if reduce is not None and reduce not in ISM_REDUCERS:
+        raise InputError(f"reduce must be one of {ISM_REDUCERS}, got {reduce!r}")
+    check_profile_options(reduce, sum_over, over, around)
+    if reduce in PROFILE_REDUCERS:
+        profile_range(reduce, over, around)
 
 
 @dataclass
@@ -57,6 +76,8 @@ class IsmResult:
     scores : list of ndarray or None
         Per model output, the reducer ``ism(reduce=...)`` asked for (see
         :meth:`reduce`).
+    seq_len : int
+        Length of the mutated input (what ``around=`` aligns rows with).
     stats : dict
         What the run did. The ``cpu`` backend reports ``seconds`` (per node,
         plus the reference pass), ``n_mutants`` computed, ``n_copied``
@@ -76,8 +97,9 @@ class IsmResult:
     axes: list[OutputAxes] = field(default_factory=list)
     scores: list[np.ndarray] | None = None
     #: Per output, the reference on the scores' tasks and range, where the
-    #: backend reduced as it went.
+    #: backend reduced as it went (a profile reducer's: the whole output).
     score_reference: list[np.ndarray] | None = None
+    seq_len: int | None = None
 
     def delta(self) -> list[np.ndarray]:
         """Per output, mutant minus reference, ``(n_seqs, n_positions, n_alts, *out_shape)``."""
@@ -104,21 +126,69 @@ class IsmResult:
         outputs: Any = None,
         tasks: Any = None,
         sum_over: Any = None,
+        over: Any = None,
+        around: int | None = None,
     ) -> list[np.ndarray]:
-        """Per chosen output, the reducer ``kind`` (``raw``, ``delta``,
-        ``log2fc``, ``mean-centred`` or ``l2``; see :mod:`ismkernel.reduce`)
-        of its channels ``tasks``, summed over ``sum_over`` of its length."""
+        """Per chosen output, the reducer ``kind`` (see :mod:`ismkernel.reduce`).
+
+        ``raw``, ``delta``, ``log2fc``, ``mean-centred``, ``l2``: of the
+        channels ``tasks``, summed over ``sum_over`` (``"START:END"``) of a
+        profile's length.
+
+        ``max``, ``min``: per channel of ``tasks``, the largest (smallest)
+        change over rows ``over`` (``"START:END"``) of the profile, or over
+        the ``2 * around + 1`` rows centred on each mutated position (default
+        all rows), with its position; ``spliceai``: SpliceAI's four delta
+        scores and their positions, of the acceptor and donor channels
+        ``tasks`` (default 1, 2), ``around`` 50 by default. These end in an
+        axis of fields, :data:`ismkernel.reduce.FIELDS` ``[kind]``
+        (:func:`ismkernel.reduce.named_fields` names them).
+        """
+        if kind not in ISM_REDUCERS:
+            raise InputError(f"reduce must be one of {ISM_REDUCERS}, got {kind!r}")
+        check_profile_options(kind, sum_over, over, around)
         out = []
+        if kind in PROFILE_REDUCERS:
+            span = profile_range(kind, over, around)
+            for k in self.output_index(outputs):
+                out.append(
+                    reduce_profile_outputs(
+                        self.outputs[k],
+                        self.reference[k],
+                        kind,
+                        self.axes[k],
+                        span,
+                        self.positions,
+                        self.seq_len,
+                        tasks,
+                    )
+                )
+            return out
         for k in self.output_index(outputs):
             mut, ref = self.selected(k, tasks, sum_over)
             out.append(reduce_scores(mut, ref, kind, self.output_names[k]))
         return out
 
+    def score_references(
+        self, kind: str, tasks: Any = None, sum_over: Any = None
+    ) -> list[np.ndarray]:
+        """Per output, the reference as :attr:`score_reference` holds it for
+        the reducer ``kind``: on ``tasks`` and summed over ``sum_over``, or
+        the whole output for a profile reducer."""
+        if kind in PROFILE_REDUCERS:
+            return list(self.reference)
+        window = parse_range(sum_over, "sum_over")
+        return [
+            select_output(r, a, 1, tasks, window)
+            for r, a in zip(self.reference, self.axes)
+        ]
+
 
 def ism(
-    model: Model,
-    x: Any,
+    model: Model | Ensemble | list[Model] | None = None,
+    x: Any = None,
     *,
+    models: list[Model] | None = None,
     alternatives: Any = None,
     positions: Any = None,
     seq_input: str | int | None = None,
@@ -129,6 +199,8 @@ def ism(
     memory_budget: int | str | None = None,
     threads: int | None = None,
     reduce: str | None = None,
+    over: Any = None,
+    around: int | None = None,
     client: Any = None,
     output_rows: dict | None = None,
     early_exit: bool | None = None,
@@ -138,7 +210,9 @@ def ism(
 
     Parameters
     ----------
-    model : Model
+    model : Model, Ensemble or list of Model
+        The model; a list (or an :class:`~ismkernel.ensemble.Ensemble`) is an
+        ensemble, whose outputs are averaged before any reducer.
     x : ndarray of float32, shape (n_seqs, seq_len, n_channels), or list / dict
         The sequences (one-hot or not), in the model's own layout: ONNX models
         from PyTorch take ``(n_seqs, n_channels, seq_len)``. For a model with several inputs, a list
@@ -146,6 +220,10 @@ def ism(
         mutated one stay fixed per sequence. NumPy arrays give NumPy results;
         with ``backend="cuda"``, CuPy arrays give CuPy results on their
         device.
+    models : list of Model, optional
+        An ensemble, instead of ``model``: members must share input and
+        output shapes; each runs its own incremental plan, and their outputs
+        are averaged (``reference`` and ``outputs`` are the means).
     alternatives : ndarray, shape (n_alts, n_channels), optional
         Rows to put at each position; default ``identity(n_channels)``.
     positions : None, slice or 1-D int array, optional
@@ -173,7 +251,15 @@ def ism(
         cores unless set).
     reduce : str, optional
         Also compute ``result.scores`` with this reducer (``raw``, ``delta``,
-        ``log2fc``, ``mean-centred``, ``l2``) on the backend's arrays.
+        ``log2fc``, ``mean-centred``, ``l2``; ``max``, ``min`` or
+        ``spliceai`` along a profile's length: see :meth:`IsmResult.reduce`).
+    over : str or (int, int), optional
+        ``max``/``min``/``spliceai``: the rows ``"START:END"`` of the profile
+        they look at.
+    around : int, optional
+        ``max``/``min``/``spliceai``: look at the ``2 * around + 1`` rows
+        centred on each mutated position instead (the output taken as
+        centred on the input; ``spliceai`` default 50, as its package).
     output_rows : dict, optional
         ``{output name or index: (start, end)}``: only these rows of a profile
         output (its length axis) are wanted, e.g. the range a score sums
@@ -197,8 +283,10 @@ def ism(
     IsmResult
         Where a row already equals an alternative, the reference is copied.
     """
-    run = IsmRun(
-        model,
+    model = as_model(model, models)
+    if x is None:
+        raise InputError("ism() needs the sequences x")
+    options = dict(
         alternatives=alternatives,
         positions=positions,
         seq_input=seq_input,
@@ -211,32 +299,30 @@ def ism(
         early_exit=early_exit,
         precision=precision,
     )
-    if reduce is not None and reduce not in REDUCERS:
-        raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+    run = make_run(model, **options)
+    check_reduce(reduce, None, over, around)
     if client is not None:
-        model = model.specialize(x)
-        return _ism_on_cluster(
-            client,
-            model,
-            model.feeds(x, run.dtype),
-            dict(
-                alternatives=alternatives,
-                positions=positions,
-                seq_input=seq_input,
-                backend=backend,
-                batch_size=batch_size,
-                dtype=dtype,
-                memory_budget=memory_budget,
-                threads=threads,
-                reduce=reduce,
-                output_rows=output_rows,
-                early_exit=early_exit,
-            ),
-        )
-    result = run(x, progress=progress)
+        members = model.members if isinstance(model, Ensemble) else [model]
+        parts = []
+        for member in members:
+            member = member.specialize(x)
+            parts.append(
+                _ism_on_cluster(client, member, member.feeds(x, run.dtype), options)
+            )
+        result = _average(parts, members)
+    else:
+        result = run(x, progress=progress)
     if reduce is not None:
-        result.scores = result.reduce(reduce)
+        result.scores = result.reduce(reduce, over=over, around=around)
     return result
+
+
+def make_run(model: Model | Ensemble, **options) -> IsmRun | EnsembleRun:
+    """The ISM run of a model (:class:`IsmRun`) or of an ensemble
+    (:class:`EnsembleRun`); ``options`` are those of :func:`ism`."""
+    if isinstance(model, Ensemble):
+        return EnsembleRun(model, **options)
+    return IsmRun(model, **options)
 
 
 class EditRun:
@@ -317,10 +403,25 @@ class EditRun:
         model, index, plan, rows = self._plans[key]
         return model, feeds, index, plan, rows
 
-    def score_sink(self, model, rows, reduce, tasks, sum_over, picks=None) -> ScoreSink:
+    def score_sink(
+        self,
+        model,
+        rows,
+        reduce,
+        tasks,
+        sum_over,
+        picks=None,
+        *,
+        over=None,
+        around=None,
+        plan=None,
+        seq_len=None,
+    ) -> ScoreSink:
         """A sink reducing ``model``'s outputs (``picks``: some of them) as
-        chunks finish."""
+        chunks finish; a profile reducer also needs the ``plan`` (its
+        positions) and the mutated input's ``seq_len``."""
         perms = model.output_perms
+        profile = reduce in PROFILE_REDUCERS
         return ScoreSink(
             reduce,
             model.output_axes,
@@ -329,6 +430,9 @@ class EditRun:
             sum_over=parse_range(sum_over, "sum_over"),
             rows=rows,
             picks=picks,
+            span=profile_range(reduce, over, around) if profile else None,
+            positions=plan.positions if profile else None,
+            seq_len=seq_len,
         )
 
     def __call__(
@@ -342,23 +446,36 @@ class EditRun:
         keep_outputs: bool = True,
         skip: Any = None,
         values: Any = None,
+        over: Any = None,
+        around: int | None = None,
     ) -> IsmResult:
         """Every edit of ``x``. With ``keep_outputs=False``, ``reduce`` is
         computed by the backend as chunks finish (on ``tasks``, summed over
-        ``sum_over``) and ``outputs`` is None; otherwise every output is kept
-        and ``reduce`` is computed from them. ``skip``: ``(n_seqs, n_sites,
-        n_variants)`` mutants not computed (their outputs are left unset);
-        ``values``: the rows the edits write for these sequences, in place of
-        the plan's (see :func:`ismkernel.backends.engine.walk`)."""
+        ``sum_over``, or along ``over``/``around`` for a profile reducer) and
+        ``outputs`` is None; otherwise every output is kept and ``reduce`` is
+        computed from them. ``skip``: ``(n_seqs, n_sites, n_variants)``
+        mutants not computed (their outputs are left unset); ``values``: the
+        rows the edits write for these sequences, in place of the plan's (see
+        :func:`ismkernel.backends.engine.walk`)."""
         model, feeds, index, plan, rows = self.plan_for(x)
-        if reduce is not None and reduce not in REDUCERS:
-            raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+        check_reduce(reduce, sum_over, over, around)
+        seq_len = feeds[index].shape[1]
         if keep_outputs:
             sink = OutputSink(rows)
         else:
             if reduce is None:
                 raise InputError("keep_outputs=False needs a reducer (reduce=...)")
-            sink = self.score_sink(model, rows, reduce, tasks, sum_over)
+            sink = self.score_sink(
+                model,
+                rows,
+                reduce,
+                tasks,
+                sum_over,
+                over=over,
+                around=around,
+                plan=plan,
+                seq_len=seq_len,
+            )
         run = self.run_plan(plan, feeds, sink, progress, skip=skip, values=values)
         specs = model.graph.input_specs
         if keep_outputs:
@@ -376,10 +493,15 @@ class EditRun:
             backend=self.backend_name,
             stats=run,
             axes=model.output_axes,
+            seq_len=seq_len,
         )
         if not keep_outputs:
             result.scores = sink.scores
             result.score_reference = sink.reference
+        elif reduce is not None:
+            result.scores = result.reduce(
+                reduce, tasks=tasks, sum_over=sum_over, over=over, around=around
+            )
         return result
 
     def run_plan(
@@ -455,6 +577,123 @@ class IsmRun(EditRun):
         return Edits.point(pos, alts)
 
 
+class EnsembleRun:
+    """ISM of an ensemble with fixed options, over any number of batches of
+    sequences: one :class:`IsmRun` per member, so each member's plan is
+    built once; the members' reference and mutant outputs are averaged
+    (summed in member order, then divided, as ``np.mean`` over a stack of
+    them), and only then reduced. Parameters are those of :func:`ism`.
+
+    A batch holds every member's outputs while it runs: ``(n_seqs,
+    n_positions, n_alts, *out)`` twice (the sum and the member's).
+    """
+
+    label = "ISM"
+
+    def __init__(self, ensemble: Ensemble, **options):
+        self.ensemble = ensemble
+        self.runs = [IsmRun(m, **options) for m in ensemble.members]
+        self.dtype = self.runs[0].dtype
+        self.backend_name = self.runs[0].backend_name
+
+    def __call__(
+        self,
+        x: Any,
+        *,
+        progress: Any = False,
+        reduce: str | None = None,
+        tasks: Any = None,
+        sum_over: Any = None,
+        keep_outputs: bool = True,
+        skip: Any = None,
+        values: Any = None,
+        over: Any = None,
+        around: int | None = None,
+    ) -> IsmResult:
+        """As :meth:`IsmRun.__call__`, on the members' mean outputs. With
+        ``keep_outputs=False`` the scores are reduced from the means and the
+        outputs then dropped."""
+        check_reduce(reduce, sum_over, over, around)
+        if not keep_outputs and reduce is None:
+            raise InputError("keep_outputs=False needs a reducer (reduce=...)")
+        if values is not None:
+            raise InputError("an ensemble's ISM takes no per-call values")
+        bar = None
+        update = progress if callable(progress) else None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            _, feeds, index, plan, _ = self.runs[0].plan_for(x)
+            n = feeds[index].shape[0] * plan.edits.n_sites * plan.edits.n_variants
+            bar = tqdm(total=n * len(self.runs), unit="mutant", desc=self.label)
+            update = bar.update
+        try:
+            parts = (run(x, progress=update or False, skip=skip) for run in self.runs)
+            result = _average(parts, self.ensemble.members)
+        finally:
+            if bar is not None:
+                bar.close()
+        if reduce is not None:
+            result.scores = result.reduce(
+                reduce, tasks=tasks, sum_over=sum_over, over=over, around=around
+            )
+            if not keep_outputs:
+                result.score_reference = result.score_references(
+                    reduce, tasks, sum_over
+                )
+                result.outputs = None
+        return result
+
+
+def _average(results, members: list[Model]) -> IsmResult:
+    """The mean of the members' ISM ``results`` (an iterable, consumed one
+    at a time), checked to have the first member's output shapes."""
+    from ismkernel.ensemble import _label
+
+    first = None
+    reference = outputs = None
+    stats: list[dict] = []
+    for i, res in enumerate(results):
+        shapes = [tuple(o.shape) for o in res.outputs]
+        if first is None:
+            first, want = res, shapes
+            # the first member's arrays are its own (a fresh sink per call)
+            reference, outputs = list(res.reference), list(res.outputs)
+        else:
+            if shapes != want:
+                raise ShapeError(
+                    f"ensemble {_label(i, members[i])} gives outputs of shape "
+                    f"{shapes} on these sequences but {_label(0, members[0])} "
+                    f"gives {want}; ensemble members must share input and output "
+                    "shapes"
+                )
+            for acc, r in zip(reference, res.reference):
+                acc += r
+            for acc, o in zip(outputs, res.outputs):
+                acc += o
+        stats.append(res.stats)
+    n = len(stats)
+    if n > 1:
+        for acc in reference + outputs:
+            acc /= n
+    summed = {}
+    for key in ("flops_naive", "flops_plan", "n_mutants", "n_copied"):
+        if all(key in s for s in stats):
+            summed[key] = sum(s[key] for s in stats)
+    return IsmResult(
+        reference=reference,
+        outputs=outputs,
+        positions=first.positions,
+        alternatives=first.alternatives,
+        output_names=first.output_names,
+        seq_input=first.seq_input,
+        backend=first.backend,
+        stats={"n_members": n, "members": stats, **summed},
+        axes=first.axes,
+        seq_len=first.seq_len,
+    )
+
+
 def _ism_chunk(model: Model, feeds: list[np.ndarray], kwargs: dict) -> IsmResult:
     """ISM of IR-layout ``feeds`` on a worker."""
     xs = [_from_ir(f, p, 1) for f, p in zip(feeds, model.input_perms)]
@@ -484,6 +723,7 @@ def _ism_on_cluster(client: Any, model: Model, feeds: list, kwargs: dict) -> Ism
         backend=first.backend,
         stats={"n_chunks": len(parts), "n_workers": n_workers},
         axes=first.axes,
+        seq_len=first.seq_len,
     )
     if first.scores is not None:
         result.scores = cat(lambda p: p.scores)

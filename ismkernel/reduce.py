@@ -65,7 +65,10 @@ __all__ = [
     "OutputSink",
     "ProfileRange",
     "ScoreSink",
+    "check_profile_options",
     "named_fields",
+    "profile_range",
+    "reduce_profile_outputs",
     "reduce_profile",
     "reduce_scores",
     "select_output",
@@ -193,28 +196,33 @@ def select_output(
     return array
 
 
-def reduce_scores(mutant: Any, reference: Any, kind: str, name: str = "") -> Any:
+def reduce_scores(
+    mutant: Any, reference: Any, kind: str, name: str = "", overwrite: bool = False
+) -> Any:
     """The ``kind`` reducer of ``mutant`` ``(n, P, A, *out)`` against
-    ``reference`` ``(n, *out)``."""
+    ``reference`` ``(n, *out)``. With ``overwrite``, ``mutant`` (a sink's own
+    buffer) holds the intermediate results: the same operations in place, so
+    the same bits, with no temporary of its size."""
     if kind not in REDUCERS:
         raise InputError(f"reduce must be one of {REDUCERS}, got {kind!r}")
     if kind == "raw":
         return mutant
     xp = _xp(mutant)
     ref = reference[:, None, None]
+    out = mutant if overwrite else None
     if kind == "log2fc":
         if bool((mutant <= 0).any()) or bool((reference <= 0).any()):
             raise InputError(
                 f"log2fc needs positive outputs, but output '{name}' has values "
                 "<= 0; use delta, or an output after softplus or exp"
             )
-        return xp.log2(mutant) - xp.log2(ref)
-    delta = mutant - ref
+        return xp.subtract(xp.log2(mutant, out=out), xp.log2(ref), out=out)
+    delta = xp.subtract(mutant, ref, out=out)
     if kind == "delta":
         return delta
     if kind == "mean-centred":
-        return delta - delta.mean(axis=2, keepdims=True)
-    return xp.sqrt((delta * delta).sum(axis=2))
+        return xp.subtract(delta, delta.mean(axis=2, keepdims=True), out=out)
+    return xp.sqrt(xp.multiply(delta, delta, out=out).sum(axis=2))
 
 
 @dataclass(frozen=True)
@@ -428,12 +436,13 @@ def reduce_profile(
         gain, gain_row = window_extreme(flat, axis, s, e, largest=True)
         fall, fall_row = window_extreme(flat, axis, s, e, largest=False)
         # SpliceAI takes the loss as max(ref - alt): the same number and row
-        # as -min(alt - ref), since negation is exact.
+        # as 0 - min(alt - ref), since negation is exact (and 0 - 0 is +0, as
+        # ref - alt is where nothing changed).
         fields = []
         for pick in (0, 1):
             fields += [
                 xp.take(gain, pick, axis=ch),
-                -xp.take(fall, pick, axis=ch),
+                0 - xp.take(fall, pick, axis=ch),
             ]
         for pick in (0, 1):
             fields += [
@@ -458,13 +467,59 @@ def named_fields(kind: str, scores: Any) -> dict[str, Any]:
     return {name: scores[..., i] for i, name in enumerate(names)}
 
 
-def check_profile_options(kind: str, sum_over: Any = None) -> None:
-    """Refuse options a profile reducer cannot take."""
-    if kind in PROFILE_REDUCERS and sum_over is not None:
+def check_profile_options(
+    kind: str | None, sum_over: Any = None, over: Any = None, around: Any = None
+) -> None:
+    """Refuse options the reducer ``kind`` cannot take: ``sum_over`` with a
+    profile reducer, ``over``/``around`` with any other."""
+    if kind in PROFILE_REDUCERS:
+        if sum_over is not None:
+            raise InputError(
+                f"reduce={kind!r} looks along the profile's length, which sum_over "
+                "would sum away; give its rows as over=START:END (or around=N) "
+                "instead"
+            )
+    elif over is not None or around is not None:
         raise InputError(
-            f"reduce={kind!r} looks along the profile's length, which sum_over "
-            "would sum away; give its rows as over=START:END (or around=N) instead"
+            f"over= and around= choose the rows of the {', '.join(PROFILE_REDUCERS)} "
+            f"reducers; reduce={kind!r} takes sum_over= instead"
         )
+
+
+def profile_range(kind: str, over: Any = None, around: Any = None) -> ProfileRange:
+    """The rows the profile reducer ``kind`` looks at: ``over``, ``around``,
+    or by default all rows (``spliceai``: :data:`SPLICEAI_DISTANCE` rows
+    either side, as its package)."""
+    if kind == "spliceai" and over is None and around is None:
+        around = SPLICEAI_DISTANCE
+    return ProfileRange.of(over, around)
+
+
+def reduce_profile_outputs(
+    mutant: Any,
+    reference: Any,
+    kind: str,
+    axes: OutputAxes,
+    span: ProfileRange,
+    positions: Any,
+    seq_len: int,
+    tasks: Any = None,
+) -> Any:
+    """The profile reducer ``kind`` of mutants ``(n_seqs, n_positions,
+    n_alts, *out)`` against ``reference`` ``(n_seqs, *out)`` (model layout),
+    mutated at input rows ``positions`` of sequences of ``seq_len``."""
+    if axes.length is None:
+        raise InputError(
+            f"reduce={kind!r} needs a profile output with a length axis; output "
+            f"'{axes.name}' has shape {axes.shape}"
+        )
+    out_len = mutant.shape[3 + axes.length]
+    start, end, origin = span.rows(positions, seq_len, out_len, axes.name)
+    at = (None, slice(None), None)
+    delta = mutant - reference[:, None, None]
+    return reduce_profile(
+        delta, kind, axes, start[at], end[at], origin[at], tasks=tasks, lead=3
+    )
 
 
 class OutputSink:
@@ -691,6 +746,10 @@ class ScoreSink:
                 self.scores[k][b0:b1] = block
                 continue
             self.scores[k][b0:b1] = reduce_scores(
-                block, self.reference[k][b0:b1], self.kind, self.axes[k].name
+                block,
+                self.reference[k][b0:b1],
+                self.kind,
+                self.axes[k].name,
+                overwrite=True,
             )
         self._block = []

@@ -10,11 +10,13 @@ from random_graphs import Builder
 import ismkernel
 from ismkernel.errors import InputError
 from ismkernel.ir import nodes as ops
+from ismkernel.ism import IsmRun
 from ismkernel.model import Model
 from ismkernel.reduce import (
     FIELDS,
     OutputAxes,
     ProfileRange,
+    ScoreSink,
     check_profile_options,
     named_fields,
     reduce_profile,
@@ -305,3 +307,55 @@ def _reduce_toy(kind, tasks=None, axes=None):
     delta = np.zeros((1, 1, 1) + axes.shape, np.float32)
     z = np.zeros((1, 1, 1), np.int64)
     return reduce_profile(delta, kind, axes, z, z + 6, z, tasks=tasks)
+
+
+@pytest.mark.parametrize(
+    "kind,over,around",
+    [
+        ("max", None, None),
+        ("min", "2:15", None),
+        ("max", None, 3),
+        ("spliceai", None, None),
+        ("spliceai", "0:9", None),
+    ],
+)
+def test_profile_reducers_as_chunks_finish_equal_those_of_the_outputs(
+    backend, kind, over, around
+):
+    model = _profile_model()
+    model = model.select_outputs(model.output_names[:1])  # the profile
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(6).integers(0, 4, (3, 20))]
+    run = IsmRun(model, backend=backend, batch_size=5, positions=[0, 1, 9, 17, 19])
+    kept = run(x)
+    scored = run(x, reduce=kind, over=over, around=around, keep_outputs=False)
+    assert scored.outputs is None
+    want = kept.reduce(kind, outputs=0, over=over, around=around)[0]
+    np.testing.assert_array_equal(scored.scores[0], want)
+    np.testing.assert_array_equal(scored.score_reference[0], kept.reference[0])
+
+
+def test_profile_reducers_in_ism_and_their_errors():
+    model = _profile_model().select_outputs([_profile_model().output_names[0]])
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(2).integers(0, 4, (1, 20))]
+    res = ismkernel.ism(model, x, reduce="max", over="2:15", positions=[4, 8])
+    np.testing.assert_array_equal(res.scores[0], res.reduce("max", over="2:15")[0])
+    (got,) = res.reduce("min", around=1, tasks=[0])
+    # output rows are centred on the input: row r is position r + 1
+    delta = res.outputs[0] - res.reference[0][:, None, None]
+    for p, pos in enumerate([4, 8]):
+        window = delta[0, p, :, pos - 2 : pos + 1, 0]
+        np.testing.assert_array_equal(got[0, p, :, 0, 0], window.min(axis=1))
+        np.testing.assert_array_equal(got[0, p, :, 0, 1], window.argmin(axis=1) - 1)
+    with pytest.raises(InputError, match="sum_over would sum away"):
+        res.reduce("max", sum_over="0:3")
+    with pytest.raises(InputError, match="over= and around= choose the rows of"):
+        ismkernel.ism(model, x, reduce="delta", around=3)
+    with pytest.raises(InputError, match="reduce must be one of .*'spliceai'"):
+        res.reduce("median")
+    counts = _profile_model().select_outputs([_profile_model().output_names[1]])
+    with pytest.raises(InputError, match="needs a profile output with a length axis"):
+        ismkernel.ism(counts, x, reduce="spliceai", positions=[3])
+    with pytest.raises(InputError, match="needs a profile output with a length axis"):
+        IsmRun(counts, positions=[3])(x, reduce="max", keep_outputs=False)
+    with pytest.raises(InputError, match="needs the mutated positions and sequence"):
+        ScoreSink("max", counts.output_axes, lambda k, a, lead: a)

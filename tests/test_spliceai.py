@@ -110,3 +110,56 @@ def test_the_wheel_is_checked_before_use(tmp_path, monkeypatch):
     monkeypatch.setenv("ISMKERNEL_SPLICEAI_WHEEL", str(tmp_path / "absent.whl"))
     with pytest.raises(SpliceAIUnavailable, match="absent.whl is not a file; point it"):
         spliceai_models()
+
+
+def _package_delta_scores(y_ref, y_alt, centre, distance=50):
+    """SpliceAI's delta scores and positions as its package forms them
+    (``spliceai.utils.get_delta_scores``, mask off) from the ensemble's mean
+    profiles ``(L, 3)``, on the rows within ``distance`` of row ``centre``."""
+    lo, hi = max(0, centre - distance), min(len(y_ref), centre + distance + 1)
+    y = np.stack([y_ref[lo:hi], y_alt[lo:hi]])
+    idx = [
+        (y[1, :, 1] - y[0, :, 1]).argmax(),
+        (y[0, :, 1] - y[1, :, 1]).argmax(),
+        (y[1, :, 2] - y[0, :, 2]).argmax(),
+        (y[0, :, 2] - y[1, :, 2]).argmax(),
+    ]
+    signs_channels = [(1, 1), (-1, 1), (1, 2), (-1, 2)]
+    ds = [s * (y[1, i, c] - y[0, i, c]) for i, (s, c) in zip(idx, signs_channels)]
+    return np.array(ds), np.array(idx) + lo - centre
+
+
+def test_ensemble_delta_scores_equal_the_package_formula_on_keras_outputs(
+    models, keras_data, x
+):
+    """The 5-model ensemble, averaged before reducing as the package does,
+    with reduce="spliceai" (±50 rows, its default) against the package's
+    formula applied to the mean of Keras's own outputs."""
+    pos, rows = keras_data["positions"], keras_data["rows"]
+    middle = np.arange(10, 14)  # the positions whose ±50 rows are stored
+    res = ismkernel.ism(models=models, x=x, positions=pos[middle], reduce="spliceai")
+    assert res.stats["n_members"] == 5
+    (scores,) = res.scores
+    assert scores.shape == (1, 4, 4, 8)
+    pred = keras_data["pred"][:, rows]  # (5, R, 3)
+    y_ref = pred.mean(axis=0)
+    y_alt = (pred[:, None, None] + keras_data["ism_delta"][:, middle]).mean(axis=0)
+    row_of = {int(r): i for i, r in enumerate(rows)}
+    big = 0.0
+    for j, p in enumerate(pos[middle]):
+        centre = int(p) - 5000
+        window = [row_of[r] for r in range(centre - 50, centre + 51)]
+        for a in range(4):
+            ds, dp = _package_delta_scores(
+                y_ref[window], y_alt[j, a][window], centre=50
+            )
+            comp = scores[0, j, a]
+            np.testing.assert_allclose(comp[:4], ds, rtol=0, atol=ISM_ATOL)
+            # a position is the package's, or a row whose change ties with it
+            # to within the tolerance
+            for f, (c, sign) in enumerate(zip((1, 1, 2, 2), (1, -1, 1, -1))):
+                at = window[50 + int(comp[4 + f])]
+                change = sign * (y_alt[j, a][at, c] - y_ref[at, c])
+                assert abs(change - ds[f]) <= 2 * ISM_ATOL, (p, a, f)
+            big = max(big, float(np.abs(ds).max()))
+    assert big > 0.5  # acceptor and donor losses at the splice sites
