@@ -309,7 +309,7 @@ def ism(
             parts.append(
                 _ism_on_cluster(client, member, member.feeds(x, run.dtype), options)
             )
-        result = _average(parts, members)
+        result = _average(parts, members) if len(parts) > 1 else parts[0]
     else:
         result = run(x, progress=progress)
     if reduce is not None:

@@ -4,8 +4,17 @@ on it, reference allele against alternative allele.
 Every variant of a window is one mutation at the window's centre, so a
 window costs one reference pass plus the incremental cost of its mutants; the
 alleles of a multi-allelic record share the window and its reference pass.
-Windows run through :func:`ismkernel.ism` in batches with the four bases as
-alternatives (the reference base is copied, not computed).
+Windows run in batches through one ISM run per job (so the plan is built
+once, per member of an ensemble) with the four bases as alternatives: the
+reference base is copied, and only the alternative alleles the VCF names are
+computed.
+
+The profile reducers (``max``, ``min``, ``spliceai``) read the change of a
+profile output over its rows (``over``) or the rows within ``around`` of the
+variant, positions reported relative to it: with an ensemble of SpliceAI's
+five models, ``length=10101`` and ``reduce="spliceai"``, the scores are its
+package's delta scores (``-D 50``) on the + strand, without its gene
+annotation.
 
 A variant that cannot be scored is kept in the output, in its place, with
 the reason: an indel or other non-SNV allele, an allele that is not A, C, G
@@ -16,19 +25,31 @@ contig, or a REF that does not match the genome.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from ismkernel.ensemble import Ensemble, as_model
 from ismkernel.errors import InputError
 from ismkernel.inputs import check_memory_budget, output_indices
 from ismkernel.io.genome import Genome, Variant, read_vcf, window_for
 from ismkernel.io.output import atomic_file
 from ismkernel.io.sequences import ALPHABET, encode
-from ismkernel.ism import ism
-from ismkernel.model import Model, _from_ir
-from ismkernel.reduce import parse_range, reduce_scores, select_output
+from ismkernel.ir.shapes import infer_shape
+from ismkernel.ism import make_run
+from ismkernel.model import Model, _from_ir, _model_shape
+from ismkernel.reduce import (
+    FIELDS,
+    PROFILE_REDUCERS,
+    check_profile_options,
+    parse_range,
+    profile_range,
+    reduce_profile_outputs,
+    reduce_scores,
+    select_output,
+)
 
 __all__ = [
     "score_variants",
@@ -39,7 +60,7 @@ __all__ = [
 ]
 
 #: Reducers that make sense for one alternative per variant.
-VARIANT_REDUCERS = ("raw", "delta", "log2fc")
+VARIANT_REDUCERS = ("raw", "delta", "log2fc") + PROFILE_REDUCERS
 
 
 @dataclass
@@ -47,7 +68,9 @@ class VariantScores:
     """Per variant (VCF order, multi-allelic records split): ``status``
     (``"scored"`` or ``"skipped"``), ``reason``, and per chosen output the
     reference prediction, the alternative's, and the reducer's score (NaN
-    where skipped)."""
+    where skipped). A profile reducer's scores end in an axis of its
+    :data:`~ismkernel.reduce.FIELDS` (positions relative to the variant
+    with ``around``, rows of the output with ``over``)."""
 
     variants: list[Variant]
     status: list[str]
@@ -84,39 +107,57 @@ def _check(v: Variant, genome: Genome, length: int) -> tuple[int, str]:
     return start, ""
 
 
+#: The ISM runs of the variant jobs in this process, by job token: each
+#: job's plans are built once, also on the workers of a cluster.
+_RUNS: dict[str, tuple] = {}
+
+
+def _runs(model, center: int, length: int, how: dict, rc: bool, token: str):
+    """The job's forward run (the four bases at ``center``) and, with ``rc``,
+    its reverse-complement run, made the first time this process needs them."""
+    hit = _RUNS.get(token)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_RUNS) > 8:
+        _RUNS.clear()
+    eye = np.eye(4, dtype=np.float32)
+    fwd = make_run(model, positions=[center], alternatives=eye, **how)
+    # row b of the reverse run holds the complement of base b
+    back = (
+        make_run(model, positions=[length - 1 - center], alternatives=eye[::-1], **how)
+        if rc
+        else None
+    )
+    _RUNS[token] = (model, (fwd, back))
+    return fwd, back
+
+
 def _score_windows(
-    model: Model,
-    x: np.ndarray,
+    model: Model | Ensemble,
+    batch: tuple[np.ndarray, np.ndarray],
     center: int,
     how: dict,
     rc: bool,
+    token: str,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Reference outputs ``(n, *out)`` and the four base mutants at ``center``
-    ``(n, 4, *out)`` of windows ``x`` (IR layout), per model output; with
-    ``rc``, averaged with the reverse-complement windows. ``how``: the
-    backend options of :func:`ismkernel.ism`."""
-    eye = np.eye(4, dtype=np.float32)
-    fwd = ism(
-        model,
-        _from_ir(x, model.input_perms[0], 1),
-        positions=[center],
-        alternatives=eye,
-        **how,
-    )
+    ``(n, 4, *out)`` of windows ``x`` (IR layout), per model output, where
+    ``batch`` is ``(x, wanted)`` and ``wanted`` ``(n, 4)`` marks the bases
+    to compute (the others are left undefined); with ``rc``, averaged with
+    the reverse-complement windows. ``how``: the backend options of
+    :func:`ismkernel.ism`."""
+    x, wanted = batch
+    length = x.shape[1]
+    fwd_run, back_run = _runs(model, center, length, how, rc, token)
+    skip = ~wanted[:, None, :]
+    fwd = fwd_run(_from_ir(x, model.input_perms[0], 1), skip=skip)
     refs = list(fwd.reference)
     muts = [o[:, 0] for o in fwd.outputs]
     if rc:
         x_rc = np.ascontiguousarray(
             x[:, ::-1, ::-1]
         )  # ACGT order: complement = reversed
-        length = x.shape[1]
-        back = ism(
-            model,
-            _from_ir(x_rc, model.input_perms[0], 1),
-            positions=[length - 1 - center],
-            alternatives=eye[::-1],  # row b holds the complement of base b
-            **how,
-        )
+        back = back_run(_from_ir(x_rc, model.input_perms[0], 1), skip=skip)
         axes = model.output_axes
         for k in range(len(refs)):
             r, m = back.reference[k], back.outputs[k][:, 0]
@@ -129,7 +170,7 @@ def _score_windows(
 
 
 def score_variants(
-    model: Model,
+    model: Model | Ensemble | list[Model],
     vcf: str | os.PathLike | list[Variant],
     genome: str | os.PathLike | Genome,
     *,
@@ -137,6 +178,9 @@ def score_variants(
     outputs: Any = None,
     tasks: Any = None,
     sum_over: Any = None,
+    over: Any = None,
+    around: int | None = None,
+    length: int | None = None,
     rc: bool = False,
     backend: str = "auto",
     batch_size: int | None = None,
@@ -148,25 +192,54 @@ def score_variants(
 ) -> VariantScores:
     """Score the SNVs of ``vcf`` with ``model`` in windows of ``genome``.
 
-    ``client``: a ``dask.distributed.Client``; windows go to its workers in
-    batches and come back in order. ``progress``: called with the number of
-    variants finished since its last call.
+    ``model``: a model, or an ensemble (a list of models, or an
+    :class:`~ismkernel.ensemble.Ensemble`) whose outputs are averaged before
+    the reducer. ``reduce``: ``raw``, ``delta``, ``log2fc``, or a profile
+    reducer (``max``, ``min``, ``spliceai``; see
+    :meth:`ismkernel.IsmResult.reduce`) over rows ``over`` or within
+    ``around`` rows of the variant. ``length``: the window, for a model
+    whose input length is free (SpliceAI's package scores a 10,101-long
+    window for ``-D 50``). ``client``: a ``dask.distributed.Client``;
+    windows go to its workers in batches and come back in order.
+    ``progress``: called with the number of variants finished since its
+    last call.
     """
     if reduce not in VARIANT_REDUCERS:
         raise InputError(
             f"reduce={reduce!r} for variants: use one of {VARIANT_REDUCERS} (one "
             "alternative per variant leaves nothing to centre or norm over)"
         )
+    check_profile_options(reduce, sum_over, over, around)
+    span = profile_range(reduce, over, around) if reduce in PROFILE_REDUCERS else None
     memory_budget = check_memory_budget(memory_budget, "memory_budget")
+    model = as_model(model)
+    specs = model.inputs
+    if len(specs) != 1 or 4 not in specs[0].shape or len(specs[0].shape) != 2:
+        raise InputError(
+            "variant scoring needs a model with one (seq_len, 4) input; this one "
+            f"takes {[s.shape for s in specs]}"
+        )
+    fixed = [d for d in specs[0].shape if d != 4] or [4]
+    if length is None:
+        if fixed[0] is None:
+            raise InputError(
+                "the model's input length is free: give the window's length= (for "
+                "SpliceAI's ±50-row delta scores, 10101)"
+            )
+        length = int(fixed[0])
+    elif isinstance(length, bool) or not isinstance(length, int | np.integer):
+        raise InputError(f"length must be a positive integer, got {length!r}")
+    elif fixed[0] is not None and int(length) != fixed[0]:
+        raise InputError(
+            f"length={length} but the model takes windows of {fixed[0]}; leave "
+            "length out"
+        )
+    length = int(length)
+    if length < 1:
+        raise InputError(f"length must be a positive integer, got {length}")
+    model = model.with_length(length)
     variants = vcf if isinstance(vcf, list) else read_vcf(vcf)
     genome = genome if isinstance(genome, Genome) else Genome(genome)
-    specs = model.graph.input_specs
-    if len(specs) != 1 or specs[0].shape[1] != 4 or specs[0].shape[0] is None:
-        raise InputError(
-            "variant scoring needs a model with one (seq_len, 4) input of fixed "
-            f"length; this one takes {[s.shape for s in specs]}"
-        )
-    length = int(specs[0].shape[0])
     center = length // 2
 
     status, reason, starts = [], [], []
@@ -183,15 +256,23 @@ def score_variants(
             keys.setdefault((v.chrom, v.pos), len(keys))
     window_keys = list(keys)
 
+    # The alternative bases each window's variants ask for: only those are
+    # computed.
+    wanted = np.zeros((len(window_keys), 4), dtype=bool)
+    for v, st in zip(variants, status):
+        if st == "scored":
+            wanted[keys[(v.chrom, v.pos)], ALPHABET.index(v.alt)] = True
+
     def batches():
         for i in range(0, len(window_keys), windows_per_batch):
             part = window_keys[i : i + windows_per_batch]
-            yield np.stack(
+            x = np.stack(
                 [
                     encode(genome.fetch(c, p - 1 - center, p - 1 - center + length))
                     for c, p in part
                 ]
             )
+            yield x, wanted[i : i + windows_per_batch]
 
     if outputs is not None:
         # Only the kept outputs are computed.
@@ -199,10 +280,17 @@ def score_variants(
         model = model.select_outputs([names[k] for k in output_indices(names, outputs)])
     picks = list(range(len(model.output_names)))
     window = parse_range(sum_over, "sum_over")
-    axes = model.output_axes
-    for k in picks:  # tasks and sum_over fit every output, before any scoring
+    axes = _sized_axes(model, length)
+    # A profile reducer reads whole outputs, choosing its channels itself.
+    sel_tasks, sel_window = (None, None) if span else (tasks, window)
+    for k in picks:  # the options fit every output, before any scoring
         probe = np.zeros((1,) + tuple(axes[k].shape), np.float32)
-        select_output(probe, axes[k], 1, tasks, window)
+        select_output(probe, axes[k], 1, sel_tasks, sel_window)
+        if span is not None:
+            reduce_profile_outputs(
+                probe[:, None, None], probe, reduce, axes[k], span, [center], length,
+                tasks,
+            )  # fmt: skip
 
     how = dict(
         backend=backend,
@@ -210,22 +298,26 @@ def score_variants(
         memory_budget=memory_budget,
         threads=threads,
     )
-    args = (center, how, rc)
+    token = uuid.uuid4().hex
+    args = (center, how, rc, token)
     if client is not None:
         from ismkernel.distributed import map_ordered
 
         results = map_ordered(client, _score_windows, model, batches(), *args)
     else:
-        results = (_score_windows(model, x, *args) for x in batches())
+        results = (_score_windows(model, b, *args) for b in batches())
 
     refs: list[list] = [[] for _ in picks]
     muts: list[list] = [[] for _ in picks]
-    for r, m in results:
-        for j, k in enumerate(picks):
-            refs[j].append(select_output(r[k], axes[k], 1, tasks, window))
-            muts[j].append(select_output(m[k], axes[k], 2, tasks, window))
-        if progress is not None:
-            progress(len(r[0]))
+    try:
+        for r, m in results:
+            for j, k in enumerate(picks):
+                refs[j].append(select_output(r[k], axes[k], 1, sel_tasks, sel_window))
+                muts[j].append(select_output(m[k], axes[k], 2, sel_tasks, sel_window))
+            if progress is not None:
+                progress(len(r[0]))
+    finally:
+        _RUNS.pop(token, None)
 
     n = len(variants)
     out_ref, out_alt, out_score = [], [], []
@@ -247,7 +339,11 @@ def score_variants(
     ok = win_index >= 0
     for j, k in enumerate(picks):
         shape = select_output(
-            np.zeros((1,) + tuple(axes[k].shape), np.float32), axes[k], 1, tasks, window
+            np.zeros((1,) + tuple(axes[k].shape), np.float32),
+            axes[k],
+            1,
+            sel_tasks,
+            sel_window,
         ).shape[1:]
         r_all = (
             np.concatenate(refs[j]) if refs[j] else np.zeros((0,) + shape, np.float32)
@@ -259,12 +355,37 @@ def score_variants(
         alt = np.full((n,) + shape, np.nan, dtype=np.float32)
         ref[ok] = r_all[win_index[ok]]
         alt[ok] = m_all[win_index[ok], alt_index[ok]]
-        score = np.full((n,) + shape, np.nan, dtype=np.float32)
-        if ok.any():
-            s = reduce_scores(
-                alt[ok][:, None, None], ref[ok], reduce, model.output_names[k]
-            )
-            score[ok] = s[:, 0, 0]
+        if span is not None:
+            fields = reduce_profile_outputs(
+                np.zeros((1, 1, 1) + shape, np.float32),
+                np.zeros((1,) + shape, np.float32),
+                reduce,
+                axes[k],
+                span,
+                [center],
+                length,
+                tasks,
+            ).shape[3:]
+            score = np.full((n,) + fields, np.nan, dtype=np.float32)
+            if ok.any():
+                s = reduce_profile_outputs(
+                    alt[ok][:, None, None],
+                    ref[ok],
+                    reduce,
+                    axes[k],
+                    span,
+                    [center],
+                    length,
+                    tasks,
+                )
+                score[ok] = s[:, 0, 0]
+        else:
+            score = np.full((n,) + shape, np.nan, dtype=np.float32)
+            if ok.any():
+                s = reduce_scores(
+                    alt[ok][:, None, None], ref[ok], reduce, model.output_names[k]
+                )
+                score[ok] = s[:, 0, 0]
         out_ref.append(ref)
         out_alt.append(alt)
         out_score.append(score)
@@ -286,8 +407,41 @@ def score_variants(
     )
 
 
+def _sized_axes(model: Model | Ensemble, length: int) -> list:
+    """The model's output axes with the shapes its outputs have on windows
+    of ``length`` (a free-length model's say None)."""
+    graph = model.graph
+    shapes: dict[str, tuple] = {}
+    for name, node in graph.nodes.items():
+        if name in graph.inputs:
+            shapes[name] = (length,) + tuple(node.shape[1:])
+        else:
+            shapes[name] = infer_shape(node, [shapes[i] for i in node.inputs])
+    return [
+        replace(a, shape=_model_shape(shapes[o], perm))
+        for a, o, perm in zip(model.output_axes, graph.outputs, model.output_perms)
+    ]
+
+
 def _columns(res: VariantScores) -> list[tuple[str, np.ndarray]]:
     cols = []
+    if res.reduce in PROFILE_REDUCERS:
+        # the fields alone: whole profiles would be hundreds of columns (the
+        # HDF5 output keeps them)
+        fields = FIELDS[res.reduce]
+        for name, score in zip(res.output_names, res.scores):
+            flat = score.reshape(len(score), -1, len(fields))
+            width = flat.shape[1]
+            for i in range(width):
+                suffix = f"[{i}]" if width > 1 else ""
+                for f, field_name in enumerate(fields):
+                    label = (
+                        field_name
+                        if res.reduce == "spliceai"
+                        else f"{res.reduce}_{field_name}"
+                    )
+                    cols.append((f"{name}{suffix}_{label}", flat[:, i, f]))
+        return cols
     for name, ref, alt, score in zip(
         res.output_names, res.reference, res.alternative, res.scores
     ):
@@ -303,7 +457,9 @@ def _columns(res: VariantScores) -> list[tuple[str, np.ndarray]]:
 
 def write_tsv(res: VariantScores, path: str) -> None:
     """One row per variant in VCF order: the VCF's columns, status, reason,
-    then reference, alternative and score per output value."""
+    then reference, alternative and score per output value (for a profile
+    reducer, its fields per output and channel: ``NAME_DS_AG``, ...,
+    ``NAME[c]_max_value``, ``NAME[c]_max_position``)."""
     cols = _columns(res)
     with atomic_file(path) as tmp, open(tmp, "w") as f:
         header = ["chrom", "pos", "id", "ref", "alt", "status", "reason"] + [

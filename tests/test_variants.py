@@ -413,3 +413,121 @@ def test_genome_reads_are_checked(files, monkeypatch):
         InputError, match=r"'.*regions\.bed' line 1: region 'ap1_region': broken read"
     ):
         list(source.batches(2))
+
+
+def _splice_like(seed: int) -> ismkernel.Model:
+    """A SpliceAI-shaped toy: free length, 'same' convolutions, a central
+    crop of 5 rows either side, softmax over 3 channels."""
+    from random_graphs import Builder
+
+    from ismkernel.ir import nodes as ops
+
+    b = Builder(None, seed=seed)
+    c = b.conv(b.seq, 6, 5)
+    r = b.add(ops.Activation("relu"), [c])
+    c2 = b.conv(r, 3, 7, dilation=2)
+    crop = b.add(ops.Crop1D(5, 5), [c2])
+    out = b.add(ops.Activation("softmax"), [crop])
+    b.g.outputs = b.g.output_names = [out]
+    return ismkernel.Model(b.g, path=f"splice{seed}.h5")
+
+
+def _windows(chrom: str, pos: int, alt: str, length: int):
+    seq = _contigs()[chrom]
+    start = pos - 1 - length // 2
+    window = list(seq[start : start + length])
+    ref = encode("".join(window))
+    window[length // 2] = alt
+    return ref, encode("".join(window))
+
+
+def test_spliceai_scores_of_an_ensemble_equal_explicit_predictions(files):
+    """Members averaged before reducing, windows of 41 (31 output rows), the
+    rows within 3 of the variant: against each member's Model.predict on the
+    explicit reference and alternative windows."""
+    members = [_splice_like(1), _splice_like(2)]
+    res = score_variants(
+        members,
+        files / "variants.vcf",
+        files / "genome.fa",
+        reduce="spliceai",
+        around=3,
+        length=41,
+    )
+    (scores,) = res.scores
+    assert scores.shape == (len(res.variants), 8)
+    n_scored = 0
+    for i, v in enumerate(res.variants):
+        if res.status[i] != "scored":
+            assert np.isnan(scores[i]).all()
+            continue
+        n_scored += 1
+        ref_w, alt_w = _windows(v.chrom, v.pos, v.alt, 41)
+        y_ref = np.mean([m.predict(ref_w[None])[0][0] for m in members], axis=0)
+        y_alt = np.mean([m.predict(alt_w[None])[0][0] for m in members], axis=0)
+        centre = 20 - 5  # the variant's row: the output is cropped 5 each side
+        rows = slice(centre - 3, centre + 4)
+        change = y_alt[rows] - y_ref[rows]
+        for f, (c, sign) in enumerate(((1, 1), (1, -1), (2, 1), (2, -1))):
+            best = (sign * change[:, c]).argmax()
+            np.testing.assert_allclose(
+                scores[i, f], sign * change[best, c], rtol=1e-5, atol=1e-6
+            )
+            # the row is the package's, or one that ties with it
+            at = int(scores[i, 4 + f]) + 3
+            assert abs(change[at, c] - change[best, c]) <= 1e-6
+    assert n_scored == res.stats["n_scored"] >= 8
+    write_tsv(res, str(files / "out.tsv"))
+    header = open(files / "out.tsv").readline().rstrip("\n").split("\t")
+    assert header[7:] == [f"{res.output_names[0]}_DS_AG"] + [
+        f"{res.output_names[0]}_{f}"
+        for f in ("DS_AL", "DS_DG", "DS_DL", "DP_AG", "DP_AL", "DP_DG", "DP_DL")
+    ]
+
+
+def test_max_over_fixed_rows_and_its_errors(files):
+    member = _splice_like(3)
+    res = score_variants(
+        [member],
+        files / "variants.vcf",
+        files / "genome.fa",
+        reduce="max",
+        over="10:20",
+        tasks=[0, 2],
+        length=41,
+    )
+    ok = np.array(res.status) == "scored"
+    change = (res.alternative[0] - res.reference[0])[ok][:, 10:20][..., [0, 2]]
+    np.testing.assert_array_equal(res.scores[0][ok][..., 0], change.max(axis=1))
+    np.testing.assert_array_equal(res.scores[0][ok][..., 1], change.argmax(axis=1) + 10)
+    vcf, fa = files / "variants.vcf", files / "genome.fa"
+    with pytest.raises(InputError, match="input length is free: give the window's"):
+        score_variants(member, vcf, fa, reduce="spliceai")
+    model = ismkernel.load_model(EXAMPLE_MODEL)
+    with pytest.raises(InputError, match="length=41 but the model takes windows of"):
+        score_variants(model, vcf, fa, length=41)
+    with pytest.raises(InputError, match="over 10:50 is out of range for output"):
+        score_variants(member, vcf, fa, reduce="max", over="10:50", length=41)
+    with pytest.raises(InputError, match="sum_over would sum away"):
+        score_variants(member, vcf, fa, reduce="max", sum_over="0:3", length=41)
+    with pytest.raises(InputError, match="needs a profile output with a length axis"):
+        score_variants(model, vcf, fa, reduce="max")
+
+
+def test_dask_ensemble_equals_in_process(files, cluster):
+    members = [_splice_like(1), _splice_like(2)]
+    opts = dict(reduce="spliceai", around=3, length=41, windows_per_batch=2)
+    local = score_variants(members, files / "variants.vcf", files / "genome.fa", **opts)
+    remote = score_variants(
+        members, files / "variants.vcf", files / "genome.fa", client=cluster, **opts
+    )
+    for a, b in zip(local.scores + local.reference, remote.scores + remote.reference):
+        np.testing.assert_array_equal(a, b)
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(1).integers(0, 4, (5, 41))]
+    here = ismkernel.ism(members, x, positions=[3, 20], reduce="max")
+    there = ismkernel.ism(members, x, positions=[3, 20], reduce="max", client=cluster)
+    assert there.stats["n_members"] == 2
+    # other chunks may round the last bit otherwise: values only
+    np.testing.assert_allclose(
+        there.scores[0][..., 0], here.scores[0][..., 0], rtol=0, atol=1e-6
+    )
