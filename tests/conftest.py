@@ -132,3 +132,19 @@ def backend(request) -> str:
     except BackendUnavailableError as err:
         pytest.skip(str(err))
     return request.param
+
+
+@pytest.fixture
+def plan_builds(monkeypatch) -> list:
+    """A list that grows by one each time a backend builds a plan."""
+    from ismkernel.backends import engine
+
+    calls: list = []
+    real = engine.build_plan
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "build_plan", counting)
+    return calls

@@ -139,20 +139,10 @@ def test_a_design_job_writes_the_apis_trajectory_as_hdf5_and_fasta(
         np.testing.assert_array_equal(rows, want.sequences[i])
 
 
-def test_an_ism_job_builds_one_plan_however_many_batches(tmp_path, monkeypatch):
-    from ismkernel.backends import engine
-
-    calls = []
-    real = engine.build_plan
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "build_plan", counting)
+def test_an_ism_job_builds_one_plan_however_many_batches(tmp_path, plan_builds):
     summary = run_job(_job(tmp_path, "i.h5", seqs_per_batch=1, reduce="l2"))
     assert summary["scored"] == 8
-    assert len(calls) == 1
+    assert len(plan_builds) == 1
 
 
 @pytest.mark.parametrize("kind", ["scan", "pairwise", "design"])

@@ -134,23 +134,13 @@ def test_every_backend_has_the_one_entry(name):
         assert np.abs(a - b).max() <= 1e-4 * scale
 
 
-def test_the_plan_is_built_once_and_reused(monkeypatch):
-    from ismkernel.backends import engine
-
-    calls = []
-    real = engine.build_plan
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "build_plan", counting)
+def test_the_plan_is_built_once_and_reused(plan_builds):
     model = ismkernel.load_model(fixture_path("bpnet_mini.k3.keras"))
     x = fixture_inputs(fixture_data("bpnet_mini.k3.keras"), "onehot")[0]
     run = IsmRun(model, positions=[0, 3, 9])
     first = run(x[:1])
     second = run(x[1:])
-    assert len(calls) == 1
+    assert len(plan_builds) == 1
     whole = ismkernel.ism(model, x, positions=[0, 3, 9])
     for k in range(len(whole.outputs)):
         np.testing.assert_array_equal(

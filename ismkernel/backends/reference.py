@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ismkernel import config
+from ismkernel.backends.engine import Backend, RunStats
 from ismkernel.ir import Graph, Node, conv_padding, pool_padding
 from ismkernel.ir import nodes as ops
 
@@ -427,41 +428,17 @@ def unchanged_rows(
     return np.all(x[:, positions, None, :] == alternatives[None, None], axis=-1)
 
 
-class ReferenceBackend:
+class ReferenceBackend(Backend):
     """Naive ISM as a backend: a full forward pass of every mutated input, in
     batches, with the incremental backends' entry (``plan``, ``run``). It is
-    the executable specification they are tested against."""
+    the executable specification they are tested against; its plan is the
+    device-neutral one (the run reads its edits; every mutant is computed in
+    full)."""
 
     name = "reference"
 
-    def plan(
-        self,
-        graph: Graph,
-        seq_input: str,
-        input_shapes: dict,
-        positions: np.ndarray,
-        *,
-        itemsize: int = 4,
-        output_rows: dict | None = None,
-        alternatives: np.ndarray | None = None,
-        edits=None,
-    ):
-        """The device-neutral plan (the run reads its edits; every mutant is
-        computed in full)."""
-        from ismkernel.plan import build_plan
-
-        plan = build_plan(
-            graph,
-            seq_input,
-            input_shapes,
-            positions,
-            itemsize=itemsize,
-            output_rows=output_rows,
-            alternatives=alternatives,
-            edits=edits,
-        )
-        plan.device = self.name
-        return plan
+    def lower(self, plan) -> None:
+        """Nothing to lower: every mutant is a dense forward pass."""
 
     def run(
         self,
@@ -477,7 +454,6 @@ class ReferenceBackend:
     ):
         """Every mutant of ``plan`` for ``feeds`` (IR layout), into ``sink``;
         ``batch_size`` mutants per forward pass (default from the budget)."""
-        from ismkernel.backends.engine import RunStats
 
         graph = plan.graph
         seq_index = graph.inputs.index(plan.seq_input)
