@@ -9,7 +9,10 @@ benchmarks/README.md)::
 For each model it first checks the cpu backend against the reference backend
 on a sample of positions (edges included) and stops on a mismatch; then it
 times full ISM (all positions, the three other bases) per sequence, warm, and
-the peers in the same run. Results go to ``benchmarks/results/cpu-<host>.json``.
+the peers in the same run: the reference backend, fastISM and naive PyTorch,
+each on every 4th position (``--peer-every``) at the best batch size of a
+sweep. The JSON records that protocol. Results go to
+``benchmarks/results/cpu-<host>.json``.
 """
 
 from __future__ import annotations
@@ -114,27 +117,57 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         },
     )
 
-    # Reference naive ISM on a subset of positions, scaled to the full sequence.
-    pos = peers.subset_positions(seq_len, args.ref_positions)
-    t0 = time.perf_counter()
-    ismkernel.ism(model, x[:1], positions=pos, backend="reference")
-    ref_s = (time.perf_counter() - t0) * seq_len / len(pos)
-    out["reference"] = dict(seconds_per_seq=ref_s, positions_timed=len(pos))
-    out["speedup_over_reference"] = ref_s / out["cpu"]["seconds_per_seq"]
+    # The peers (the reference backend too) on every n-th position, scaled to
+    # the full sequence, each at the best batch size of its sweep.
+    pos = peers.every_nth(seq_len, args.peer_every)
+    xp = x[: args.peer_seqs]
+    r = peers.time_reference(model, xp, args.ref_batches, pos)
+    out["reference"] = r
+    out["speedup_over_reference"] = r["seconds_per_seq"] / out["cpu"]["seconds_per_seq"]
 
     if "fastism" in args.peers:
-        f = peers.time_fastism(
-            keras_model, x, args.fastism_batches, args.peer_positions
-        )
+        f = peers.time_fastism(keras_model, x, args.fastism_batches, pos)
         f["ratio"] = f["seconds_per_seq"] / out["cpu"]["seconds_per_seq"]
         out["fastism"] = f
     if "torch" in args.peers:
-        t = peers.time_torch(
-            g, x[: min(2, len(x))], args.torch_batches, args.peer_positions
-        )
+        t = peers.time_torch(model, xp, args.torch_batches, pos)
         t["ratio"] = t["seconds_per_seq"] / out["cpu"]["seconds_per_seq"]
         out["torch"] = t
     return out
+
+
+def protocol(args) -> dict:
+    """How each timing was taken, for the JSON."""
+    every = (
+        f"every {args.peer_every}th position from 0"
+        if args.peer_every > 1
+        else "every position"
+    )
+    return dict(
+        cpu=(
+            f"ismkernel cpu backend: full ISM (all positions, the three other "
+            f"bases) of {args.n_seqs} sequences, warm, best of {args.repeat} runs"
+        ),
+        peers=(
+            f"{every}, scaled by seq_len / positions timed; each peer at the "
+            "best batch size of its sweep, warm (the first call of each batch "
+            "size is not timed)"
+        ),
+        reference=(
+            f"ismkernel reference backend, naive ISM of {args.peer_seqs} "
+            f"sequences, batch sizes (mutants per pass) {args.ref_batches}"
+        ),
+        fastism=(
+            "fastISM 0.5.1, FastISM(change_ranges=the timed positions); four "
+            "calls (replace_with each base) of b sequences, b in "
+            f"{args.fastism_batches}"
+        ),
+        torch=(
+            f"naive batched ISM in PyTorch of {args.peer_seqs} sequences (the "
+            "module checked against Model.predict first), batch sizes "
+            f"(mutants per pass) {args.torch_batches}"
+        ),
+    )
 
 
 def main(argv=None) -> int:
@@ -144,17 +177,21 @@ def main(argv=None) -> int:
     )
     p.add_argument("--n-seqs", type=int, default=4, help="sequences timed per model")
     p.add_argument("--peers", nargs="*", default=["fastism", "torch"])
+    p.add_argument("--fastism-batches", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--torch-batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--ref-batches", type=int, nargs="+", default=[64, 256])
     p.add_argument(
-        "--fastism-batches", type=int, nargs="+", default=[16, 64, 256, 1024]
-    )
-    p.add_argument("--torch-batches", type=int, nargs="+", default=[64, 256, 1024])
-    p.add_argument(
-        "--peer-positions",
+        "--peer-every",
         type=int,
-        default=40,
-        help="positions the peers are timed on (scaled to the full length)",
+        default=4,
+        help="peers are timed on every n-th position (scaled to the full length)",
     )
-    p.add_argument("--ref-positions", type=int, default=20)
+    p.add_argument(
+        "--peer-seqs",
+        type=int,
+        default=2,
+        help="sequences the reference and PyTorch are timed on",
+    )
     p.add_argument(
         "--repeat", type=int, default=2, help="timed runs of the cpu backend (best)"
     )
@@ -171,7 +208,16 @@ def main(argv=None) -> int:
             flush=True,
         )
     rate = sgemm_rate()
-    result = dict(kind="cpu", machine=machine, sgemm_flops_per_second=rate, models=[])
+    if args.peer_every > 4:
+        raise SystemExit("--peer-every above 4 would overstate each call's fixed cost")
+    result = dict(
+        kind="cpu",
+        machine=machine,
+        sgemm_flops_per_second=rate,
+        protocol=protocol(args),
+        argv=sys.argv[1:] if argv is None else list(argv),
+        models=[],
+    )
     print(f"float32 GEMM (NumPy BLAS): {rate / 1e9:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

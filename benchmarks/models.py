@@ -1,4 +1,5 @@
-"""fastISM's benchmark architectures, built with Keras 2 (tf-keras).
+"""fastISM's benchmark architectures, built with Keras 2 (tf-keras); BPNet by
+fastISM's own builder.
 
 Run in the peer environment of ``benchmarks/requirements.txt``. Weights are
 random (seeded) with non-trivial batch-norm statistics: speed and exactness do
@@ -66,25 +67,15 @@ def factorized_basset(seq_len: int = 1000, n_outputs: int = 10):
     return _keras().Model(inp, x, name=f"factorized_basset_{seq_len}")
 
 
-def bpnet(seq_len: int = 1000, n_dilated: int = 9):
-    """BPNet (Avsec et al. 2021): dilated residual convolutions, a profile head
-    (a 25-wide convolution, as fastISM's, written as Conv1D) and a count head."""
-    k = _keras().layers
-    inp = _keras().Input((seq_len, 4))
-    x = k.Conv1D(64, 25, padding="same", activation="relu", name="iconv")(inp)
-    for i in range(n_dilated):
-        c = k.Conv1D(
-            64,
-            3,
-            padding="same",
-            activation="relu",
-            dilation_rate=2 ** (i + 1),
-            name=f"rconv{i + 1}",
-        )(x)
-        x = k.Add(name=f"add{i + 1}")([c, x])
-    profile = k.Conv1D(2, 25, padding="same", name="profile")(x)
-    counts = k.Dense(2, name="counts")(k.GlobalAveragePooling1D(name="gap")(x))
-    return _keras().Model(inp, [profile, counts], name=f"bpnet_{seq_len}")
+def bpnet(seq_len: int = 1000):
+    """BPNet as fastISM builds and benchmarks it (``fastism.models.bpnet``, the
+    published Keras BPNet): a 25-wide convolution, nine dilated residual
+    convolutions (64 channels, dilation 1..256), a profile head that reshapes
+    to ``(L, 1, 64)`` for a ``Conv2DTranspose(1, (25, 1), padding="same")``
+    and flattens, and a count head (global average pooling, dense)."""
+    from fastism.models.bpnet import bpnet_model
+
+    return bpnet_model(seqlen=seq_len, name=f"bpnet_{seq_len}")
 
 
 def beluga(seq_len: int = 2000, n_outputs: int = 2002):
@@ -120,6 +111,7 @@ def build(name: str, seed: int = 0):
     import numpy as np
     import tensorflow as tf
 
+    _keras().backend.clear_session()  # layer names as in a fresh session
     tf.keras.utils.set_random_seed(seed)
     fn, kwargs = MODELS[name]
     model = fn(**kwargs)

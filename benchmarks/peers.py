@@ -1,11 +1,15 @@
-"""Peers timed against ismkernel: fastISM (TensorFlow, Keras 2) and naive
-batched ISM in PyTorch. Both need ``benchmarks/requirements.txt``.
+"""Peers timed against ismkernel: fastISM (TensorFlow, Keras 2), naive
+batched ISM in PyTorch, and the reference backend's naive ISM. They need
+``benchmarks/requirements.txt``.
 
 Each ``time_*`` function returns seconds per sequence for full ISM (every
 position, every alternative base) at the best batch size of a sweep, with the
-whole sweep, timing a subset of positions where a full run would take long and
-scaling by ``seq_len / n_positions`` (per-position cost is uniform away from
-the ends; the subset spans the sequence, ends included).
+whole sweep. A peer is timed on the positions it is given (every 4th, or
+all: ``every_nth``) and scaled by ``seq_len / n_positions``; its cost per
+position is uniform away from the ends. Timing a handful of positions and
+scaling by 100 multiplied fastISM's fixed cost per call (the reference pass
+of each batch, its Python) a hundredfold; with every 4th position that cost
+is spread over as many positions as one quarter of a real run.
 """
 
 from __future__ import annotations
@@ -24,18 +28,25 @@ def subset_positions(seq_len: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, seq_len - 1, n).round().astype(np.int64))
 
 
+def every_nth(seq_len: int, n: int) -> np.ndarray:
+    """Every ``n``-th position from the first (all of them for ``n = 1``)."""
+    return np.arange(0, seq_len, n, dtype=np.int64)
+
+
 def _best(sweep: dict, **extra) -> dict:
     """The fastest batch size of a sweep of seconds per sequence."""
     best = min(sweep, key=sweep.get)
     return dict(seconds_per_seq=sweep[best], best_batch=best, sweep=sweep, **extra)
 
 
-def time_fastism(keras_model, x: np.ndarray, batches, n_positions: int) -> dict:
-    """fastISM 0.5.1: one call per alternative base (``replace_with``)."""
+def time_fastism(keras_model, x: np.ndarray, batches, positions) -> dict:
+    """fastISM 0.5.1: one call per alternative base (``replace_with``) on
+    ``b`` sequences at every position in ``positions``, for each batch size
+    ``b`` of ``batches`` (``x`` is repeated up to ``b`` sequences)."""
     import fastism
 
     seq_len = x.shape[1]
-    pos = subset_positions(seq_len, n_positions)
+    pos = np.asarray(positions)
     fism = fastism.FastISM(
         keras_model,
         change_ranges=[(int(p), int(p) + 1) for p in pos],
@@ -51,7 +62,25 @@ def time_fastism(keras_model, x: np.ndarray, batches, n_positions: int) -> dict:
             fism(xb, replace_with=[float(v) for v in np.eye(4)[base]])
         dt = time.perf_counter() - t0
         sweep[b] = dt / b * seq_len / len(pos)
-    return _best(sweep, positions_timed=len(pos))
+    return _best(sweep, positions_timed=len(pos), sequences_per_call="batch")
+
+
+def time_reference(model, x: np.ndarray, batches, positions) -> dict:
+    """ismkernel's reference backend (naive ISM, dense NumPy) on ``x`` at
+    ``positions``, for each batch size (mutants per forward pass)."""
+    import ismkernel
+
+    seq_len = x.shape[1]
+    pos = np.asarray(positions)
+    sweep = {}
+    for b in batches:
+        ismkernel.ism(
+            model, x[:1], positions=pos[:2], backend="reference", batch_size=b
+        )
+        t0 = time.perf_counter()
+        ismkernel.ism(model, x, positions=pos, backend="reference", batch_size=b)
+        sweep[b] = (time.perf_counter() - t0) / x.shape[0] * seq_len / len(pos)
+    return _best(sweep, positions_timed=len(pos), n_seqs=x.shape[0])
 
 
 def torch_model(graph):
@@ -105,6 +134,14 @@ def torch_model(graph):
                         else torch.nn.functional.avg_pool1d
                     )
                     y = fn(xs[0], op.pool_size, op.stride)
+                elif isinstance(op, ops.ZeroInsert1D):
+                    n, c, length = xs[0].shape
+                    y = xs[0].new_zeros((n, c, (length - 1) * op.stride + 1))
+                    y[:, :, :: op.stride] = xs[0]
+                elif isinstance(op, ops.Crop1D):
+                    y = xs[0][:, :, op.start : xs[0].shape[2] - op.end]
+                elif isinstance(op, ops.ZeroPad1D):
+                    y = torch.nn.functional.pad(xs[0], (op.left, op.right))
                 elif isinstance(op, ops.Activation):
                     y = {
                         "relu": torch.relu,
@@ -163,16 +200,41 @@ def torch_naive_ism(net, x: np.ndarray, positions: np.ndarray, batch: int) -> li
     return [np.concatenate(o) for o in outs], (seqs, pos_i, alts)
 
 
-def time_torch(graph, x: np.ndarray, batches, n_positions: int) -> dict:
+def check_torch(net, model, x: np.ndarray) -> float:
+    """Max |PyTorch - Model.predict| over max |output|: the module computes
+    the model's graph (stops the benchmark otherwise)."""
     import torch
 
-    net = torch_model(graph)
+    with torch.inference_mode():
+        ys = net(torch.from_numpy(x))
+    err = 0.0
+    for y, z in zip(ys, model.predict(x)):
+        err = max(err, float(np.abs(y.numpy() - z).max() / max(np.abs(z).max(), 1e-30)))
+    if not err <= 1e-4:
+        raise SystemExit(f"the PyTorch module differs from Model.predict by {err:.2e}")
+    return err
+
+
+def time_torch(model, x: np.ndarray, batches, positions) -> dict:
+    """Naive batched ISM in PyTorch on ``x`` at ``positions``, for each batch
+    size (mutants per forward pass), after checking the module against
+    ``Model.predict``."""
+    import torch
+
+    net = torch_model(model.graph)
+    err = check_torch(net, model, x)
     seq_len = x.shape[1]
-    pos = subset_positions(seq_len, n_positions)
+    pos = np.asarray(positions)
     sweep = {}
     for b in batches:
         torch_naive_ism(net, x[:1], pos[:2], b)  # warm
         t0 = time.perf_counter()
         torch_naive_ism(net, x, pos, b)
         sweep[b] = (time.perf_counter() - t0) / x.shape[0] * seq_len / len(pos)
-    return _best(sweep, positions_timed=len(pos), threads=torch.get_num_threads())
+    return _best(
+        sweep,
+        positions_timed=len(pos),
+        n_seqs=x.shape[0],
+        threads=torch.get_num_threads(),
+        check_rel_err=err,
+    )
