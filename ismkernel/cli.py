@@ -118,6 +118,7 @@ def _ism(args: argparse.Namespace) -> int:
     from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
 
     kind = args.command
+    _models_from_flags(args, positional_after=True)
     if args.example:
         args.model = args.model or EXAMPLE_MODEL
         args.input = args.input or EXAMPLE_FASTA
@@ -155,6 +156,8 @@ def _ism(args: argparse.Namespace) -> int:
         reduce=getattr(args, "reduce", "delta"),
         tasks=args.tasks,
         sum_over=args.sum_over,
+        over=getattr(args, "over", None),
+        around=getattr(args, "around", None),
         backend=args.backend,
         batch_size=args.batch_size,
         memory_budget=args.memory_budget,
@@ -188,6 +191,23 @@ def _ism(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_from_flags(args: argparse.Namespace, positional_after: bool) -> None:
+    """``--model`` (repeatable) into ``args.model``: one file, or a list for
+    an ensemble. With ``positional_after``, a lone positional given with
+    ``--model`` is the INPUT (argparse fills MODEL first)."""
+    flags = getattr(args, "models", None) or []
+    if not flags:
+        return
+    if args.model is not None:
+        if not positional_after or getattr(args, "input", None) is not None:
+            raise InputError(
+                "give the model as MODEL or with --model (repeatable, for an "
+                "ensemble), not both"
+            )
+        args.input = args.model
+    args.model = flags[0] if len(flags) == 1 else list(flags)
+
+
 def _positive(value, flag: str) -> None:
     if value is not None and value < 1:
         raise InputError(f"{flag} must be a positive integer, got {value}")
@@ -204,10 +224,14 @@ def _variants(args: argparse.Namespace) -> int:
     from ismkernel.io.genome import Genome, read_vcf
     from ismkernel.io.output import OutputLock, check_output_path, check_space
     from ismkernel.io.results import sha256
-    from ismkernel.job import check_scheduler, progress_bar
-    from ismkernel.model import load_model
+    from ismkernel.job import check_scheduler, load_models, progress_bar
     from ismkernel.reduce import parse_range
     from ismkernel.variants import score_variants, write_h5, write_tsv
+
+    _models_from_flags(args, positional_after=False)
+    if args.model is None:
+        raise InputError("ismkernel variants needs MODEL, or --model (repeatable)")
+    paths = args.model if isinstance(args.model, list) else [args.model]
 
     # Everything that can be refused is refused before the scoring, and
     # nothing is written before it ends.
@@ -223,7 +247,8 @@ def _variants(args: argparse.Namespace) -> int:
     check_scheduler(args.scheduler)
     resolve_backend(args.backend)
     parse_range(args.sum_over, "--sum-over")
-    model = load_model(args.model)
+    _positive(args.length, "--length")
+    model = load_models(paths)
     variants = read_vcf(args.vcf)
     genome = Genome(args.genome)
     start = time.perf_counter()
@@ -243,6 +268,9 @@ def _variants(args: argparse.Namespace) -> int:
                     outputs=args.output,
                     tasks=args.tasks,
                     sum_over=args.sum_over,
+                    over=args.over,
+                    around=args.around,
+                    length=args.length,
                     rc=args.rc,
                     backend=args.backend,
                     batch_size=args.batch_size,
@@ -255,12 +283,14 @@ def _variants(args: argparse.Namespace) -> int:
             bar.close()
         if suffix in (".h5", ".hdf5"):
             meta = {
-                "model_file": os.path.basename(args.model),
-                "model_sha256": sha256(args.model),
+                "model_file": ",".join(os.path.basename(p) for p in paths),
+                "model_sha256": ",".join(sha256(p) for p in paths),
                 "vcf_file": os.path.basename(args.vcf),
                 "genome_file": os.path.basename(args.genome),
                 "reduce": args.reduce,
                 "rc": bool(args.rc),
+                "over": args.over,
+                "around": args.around,
             }
             write_h5(res, out, meta)
         else:
@@ -286,6 +316,7 @@ def _job_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument(
         "model", metavar="MODEL", nargs="?", help="Keras .h5/.keras or ONNX file"
     )
+    _model_flag(p)
     p.add_argument(
         "input",
         metavar="INPUT",
@@ -337,6 +368,41 @@ def _job_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or summary"
     )
+
+
+def _model_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="FILE",
+        help="the model, instead of MODEL; repeat it for an ensemble, whose "
+        "outputs are averaged before the reducer (ism and variants)",
+    )
+
+
+def _profile_options(p: argparse.ArgumentParser) -> None:
+    """The rows the profile reducers (max, min, spliceai) read."""
+    p.add_argument(
+        "--over",
+        metavar="START:END",
+        help="max/min/spliceai: rows of the profile output to look at",
+    )
+    p.add_argument(
+        "--around",
+        type=int,
+        metavar="N",
+        help="max/min/spliceai: look at the rows within N of each mutated "
+        "position (output centred on the input; spliceai default 50)",
+    )
+
+
+#: The reducers of ``ism`` and ``variants`` that read along a profile.
+_PROFILE_HELP = (
+    "; max/min: the largest/smallest change of a profile over --over or "
+    "--around rows, with its position; spliceai: SpliceAI's delta scores "
+    "(acceptor/donor gain/loss) and positions"
+)
 
 
 def _alternatives_option(p: argparse.ArgumentParser) -> None:
@@ -537,7 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions", metavar="START:END", help="positions to mutate (default all)"
     )
     _alternatives_option(p)
-    _scoring_options(p, ["raw", "delta", "log2fc", "mean-centred", "l2"], None)
+    _scoring_options(
+        p,
+        ["raw", "delta", "log2fc", "mean-centred", "l2", "max", "min", "spliceai"],
+        None,
+        reduce_help="score per mutant (default delta: mutant minus reference)"
+        + _PROFILE_HELP,
+    )
+    _profile_options(p)
     p.add_argument(
         "--format",
         choices=["hdf5", "npz"],
@@ -658,11 +731,28 @@ def build_parser() -> argparse.ArgumentParser:
         "and with the alternative. Variants that cannot be scored are kept, in "
         "order, with the reason.",
     )
-    p.add_argument("model", metavar="MODEL", help="Keras .h5/.keras or ONNX file")
+    p.add_argument(
+        "model", metavar="MODEL", nargs="?", help="Keras .h5/.keras or ONNX file"
+    )
+    _model_flag(p)
     p.add_argument("--vcf", required=True, help="VCF, plain or gzipped")
     p.add_argument("--genome", required=True, metavar="FASTA", help="reference genome")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help=".tsv or .h5")
-    _scoring_options(p, ["raw", "delta", "log2fc"], "auto")
+    _scoring_options(
+        p,
+        ["raw", "delta", "log2fc", "max", "min", "spliceai"],
+        "auto",
+        reduce_help="score per variant (default delta: alternative minus "
+        "reference)" + _PROFILE_HELP,
+    )
+    _profile_options(p)
+    p.add_argument(
+        "--length",
+        type=int,
+        metavar="L",
+        help="window length, for a model whose input length is free (SpliceAI: "
+        "10101 for its ±50 delta scores)",
+    )
     p.add_argument(
         "--rc", action="store_true", help="average with the reverse complement"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from ismkernel.inputs import (
     output_indices,
     seq_input_index,
 )
+from ismkernel.ir import nodes as ops
+from ismkernel.ir.graph import Graph
 from ismkernel.model import Model, _from_ir
 from ismkernel.plan import Edits
 from ismkernel.plan.intervals import EMPTY, hull
@@ -37,7 +40,15 @@ from ismkernel.reduce import (
     select_output,
 )
 
-__all__ = ["ism", "IsmResult", "IsmRun", "EditRun", "EnsembleRun", "make_run"]
+__all__ = [
+    "ism",
+    "IsmResult",
+    "IsmRun",
+    "EditRun",
+    "EnsembleRun",
+    "make_run",
+    "fix_length",
+]
 
 #: Every reducer ism() takes: per value, and along a profile's length.
 ISM_REDUCERS = REDUCERS + PROFILE_REDUCERS
@@ -315,6 +326,39 @@ def ism(
     if reduce is not None:
         result.scores = result.reduce(reduce, over=over, around=around)
     return result
+
+
+def fix_length(model: Model | Ensemble, length: int) -> Model | Ensemble:
+    """``model`` for sequences of ``length``, with every shape known: a graph
+    whose input length is free (a Keras ``Input(shape=(None, 4))``, as
+    SpliceAI's) is rebuilt with that length, so its outputs' shapes are
+    concrete; weights are shared, not copied. An ensemble, member by member.
+    """
+    if isinstance(model, Ensemble):
+        return Ensemble([fix_length(m, length) for m in model.members])
+    model = model.with_length(length)
+    g = model.graph
+    free = [n for n in g.inputs if g.nodes[n].shape and g.nodes[n].shape[0] is None]
+    if not free:
+        return model
+    new = Graph()
+    for name, node in g.nodes.items():
+        op = node.op
+        if name in free:
+            op = ops.Input((int(length),) + tuple(op.shape[1:]))
+        new.add(dataclasses.replace(node, op=op, shape=None))
+    new.inputs = list(g.inputs)
+    new.outputs = list(g.outputs)
+    new.output_names = list(g.output_names)
+    return Model(
+        new,
+        model.path,
+        model.format,
+        model.keras_version,
+        producer=model.producer,
+        input_perms=model.input_perms,
+        output_perms=model.output_perms,
+    )
 
 
 def make_run(model: Model | Ensemble, **options) -> IsmRun | EnsembleRun:
@@ -667,15 +711,19 @@ def _average(results, members: list[Model]) -> IsmResult:
                     f"gives {want}; ensemble members must share input and output "
                     "shapes"
                 )
-            for acc, r in zip(reference, res.reference):
-                acc += r
-            for acc, o in zip(outputs, res.outputs):
-                acc += o
+            # mutants a run was told to skip hold whatever memory held, which
+            # may be NaN or overflow: not a result, so not a warning
+            with np.errstate(all="ignore"):
+                for acc, r in zip(reference, res.reference):
+                    acc += r
+                for acc, o in zip(outputs, res.outputs):
+                    acc += o
         stats.append(res.stats)
     n = len(stats)
     if n > 1:
-        for acc in reference + outputs:
-            acc /= n
+        with np.errstate(all="ignore"):
+            for acc in reference + outputs:
+                acc /= n
     summed = {}
     for key in ("flops_naive", "flops_plan", "n_mutants", "n_copied"):
         if all(key in s for s in stats):

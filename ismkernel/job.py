@@ -19,6 +19,7 @@ existing ``OUT`` is kept safe.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import uuid
@@ -31,6 +32,7 @@ from ismkernel import config
 from ismkernel.analyses import Designer, Pairwise, _pairs_within, _ScanRun, shuffles
 from ismkernel.backends import resolve_backend
 from ismkernel.distributed import cluster_client
+from ismkernel.ensemble import Ensemble
 from ismkernel.errors import InputError, IsmkernelError, OutputFileError
 from ismkernel.inputs import (
     check_dtype,
@@ -55,9 +57,17 @@ from ismkernel.io.results import (
     sha256,
 )
 from ismkernel.io.sequences import _N_AS, ALPHABET, open_sequences
-from ismkernel.ism import IsmRun
+from ismkernel.ism import ISM_REDUCERS, check_reduce, fix_length, make_run
 from ismkernel.model import Model, _from_ir, _to_ir, load_model
-from ismkernel.reduce import REDUCERS, parse_range, select_output
+from ismkernel.reduce import (
+    FIELDS,
+    PROFILE_REDUCERS,
+    REDUCERS,
+    parse_range,
+    profile_range,
+    reduce_profile,
+    select_output,
+)
 
 __all__ = [
     "IsmJob",
@@ -98,12 +108,16 @@ def parse_alternatives(text: str) -> tuple[np.ndarray, list[str]]:
 class IsmJob:
     """What ``ismkernel ism`` does; every field maps to an option.
 
-    ``format`` None takes it from the suffix of ``out`` (``.npz``: npz, else
-    HDF5); ``backend`` None is ``auto`` for a new file and the recorded one
-    on ``--resume``. ``memory_budget`` takes bytes or text such as ``"2G"``.
+    ``model`` is a file, or a list of files: an ensemble (``--model a.h5
+    --model b.h5``; ISM only), whose outputs are averaged before the
+    reducer. ``format`` None takes it from the suffix of ``out`` (``.npz``:
+    npz, else HDF5); ``backend`` None is ``auto`` for a new file and the
+    recorded one on ``--resume``. ``memory_budget`` takes bytes or text such
+    as ``"2G"``. ``over``/``around``: the rows a profile reducer (``max``,
+    ``min``, ``spliceai``) reads.
     """
 
-    model: str
+    model: str | list[str]
     input: str | None
     out: str
     positions: str | None = None
@@ -112,6 +126,8 @@ class IsmJob:
     reduce: str | None = None  # None: delta, or max-abs for pairwise
     tasks: list[int] | None = None
     sum_over: str | None = None
+    over: str | None = None
+    around: int | None = None
     backend: str | None = None
     batch_size: int | None = None
     memory_budget: int | str | None = None
@@ -351,11 +367,21 @@ def _check_options(job: IsmJob) -> None:
     if not isinstance(job.out, (str, os.PathLike)) or not os.fspath(job.out):
         raise InputError("give the results file with -o OUT")
     job.out = check_output_path(job.out, "-o")
-    reducers = PAIR_JOB_REDUCERS if job.kind == "pairwise" else REDUCERS
+    reducers = {"pairwise": PAIR_JOB_REDUCERS, "ism": ISM_REDUCERS}.get(
+        job.kind, REDUCERS
+    )
     if job.reduce is None:
         job.reduce = reducers[0] if job.kind == "pairwise" else "delta"
     if job.kind != "design" and job.reduce not in reducers:
         raise InputError(f"--reduce must be one of {reducers}, got {job.reduce!r}")
+    paths = _model_paths(job)
+    if len(paths) > 1 and job.kind != "ism":
+        raise InputError(
+            f"an ensemble (--model given {len(paths)} times) scores ism and variants "
+            f"jobs; {job.kind} takes one model"
+        )
+    if job.kind in ("ism", "scan"):
+        check_reduce(job.reduce, job.sum_over, job.over, job.around)
     if job.kind != "ism":
         _check_analysis(job)
     job.format = _output_format(job.out, job.format, job.kind)
@@ -433,6 +459,49 @@ def _axis_names(axes, window) -> list[str]:
     return names
 
 
+def _model_paths(job: IsmJob) -> list[str]:
+    """The model file, or an ensemble's files."""
+    paths = job.model if isinstance(job.model, list | tuple) else [job.model]
+    if not paths or not all(isinstance(p, str | os.PathLike) for p in paths):
+        raise InputError(f"give the model file(s) with MODEL or --model, got {paths}")
+    return [os.fspath(p) for p in paths]
+
+
+def load_models(paths: list[str]) -> Model | Ensemble:
+    """One model, or the ensemble of several (their shapes checked)."""
+    models = [load_model(p) for p in paths]
+    return models[0] if len(models) == 1 else Ensemble(models)
+
+
+def _profile_layouts(model, picks, tasks, kind, n_pos, n_alts) -> list:
+    """Layouts of a profile reducer's scores: the whole reference output, and
+    per mutant its fields (per kept channel for max and min)."""
+    layouts = []
+    for k in picks:
+        axes = model.output_axes[k]
+        ref = np.zeros((1,) + tuple(axes.shape), dtype=np.float32)
+        if axes.length is None:
+            raise InputError(
+                f"--reduce {kind} needs a profile output with a length axis; output "
+                f"'{axes.name}' has shape {axes.shape}: choose a profile with --output"
+            )
+        zero = np.zeros(1, dtype=np.int64)
+        fields = reduce_profile(
+            ref, kind, axes, zero, zero + 1, zero, tasks=tasks, lead=1
+        ).shape[1:]
+        names = _axis_names(axes, None)
+        rest = [] if kind == "spliceai" else [n for n in names if n != "length"]
+        layouts.append(
+            OutputLayout(
+                axes.name,
+                tuple(axes.shape),
+                (n_pos, n_alts) + tuple(fields),
+                ",".join(["seq", "position", "alternative"] + rest + ["field"]),
+            )
+        )
+    return layouts
+
+
 def _layouts(
     model: Model,
     picks,
@@ -443,6 +512,8 @@ def _layouts(
     n_alts,
     head: tuple[str, str] = ("position", "alternative"),
 ) -> list:
+    if kind in PROFILE_REDUCERS:
+        return _profile_layouts(model, picks, tasks, kind, n_pos, n_alts)
     layouts = []
     for k in picks:
         axes = model.output_axes[k]
@@ -486,12 +557,14 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     _check_options(job)
     budget = job.memory_budget or config.CPU_MEMORY_BYTES
 
-    model = load_model(job.model)
+    paths = _model_paths(job)
+    model = load_models(paths)
+    label = "', '".join(paths)
     deferred = model.deferred_length
     specs = model.inputs if deferred else model.graph.input_specs
     if len(specs) != 1:
         raise InputError(
-            f"'{job.model}' has {len(specs)} inputs; the command line scores "
+            f"'{label}' has {len(specs)} inputs; the command line scores "
             "single-input models (use the Python API, ismkernel.ism, for others)"
         )
     if deferred:  # the length comes from the sequences
@@ -502,7 +575,7 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         length, n_channels = specs[0].shape
     if n_channels != 4:
         raise InputError(
-            f"'{job.model}' takes {n_channels} channels per position; sequence files "
+            f"'{label}' takes {n_channels} channels per position; sequence files "
             "give 4 (A, C, G, T)"
         )
     if job.bed is not None:
@@ -513,7 +586,7 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     else:
         source = open_sequences(job.input, length, job.center, job.n_as)
     seq_len = source.length
-    model = model.with_length(seq_len)
+    model = fix_length(model, seq_len)  # every output's shape known
     window = parse_range(job.positions, "--positions")
     if window is None:
         positions = np.arange(seq_len)
@@ -545,8 +618,8 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
     )
 
     meta = {
-        "model_file": os.path.basename(job.model),
-        "model_sha256": sha256(job.model),
+        "model_file": ",".join(os.path.basename(p) for p in paths),
+        "model_sha256": ",".join(sha256(p) for p in paths),
         "input_file": os.path.basename(job.input),
         "reduce": job.reduce,
         "tasks": job.tasks,
@@ -562,6 +635,13 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         "kind": job.kind,
         **run.meta,
     }
+    if job.reduce in PROFILE_REDUCERS and job.kind == "ism":
+        span = profile_range(job.reduce, job.over, job.around)
+        meta.update(
+            over=None if span.over is None else list(span.over),
+            around=span.around,
+            fields=list(FIELDS[job.reduce]),
+        )
 
     if job.format == "npz":
         _check_npz(job, source, positions, labels, picks, layouts)
@@ -617,7 +697,9 @@ class _Run:
         batches would round float32 results differently)."""
         if self.kind in ("ism", "scan"):
             n_pos, n_alts = len(self.positions), len(self.labels)
-            return sum(
+            # an ensemble holds the sum of its members' outputs and a member's
+            copies = 2 if isinstance(self.model, Ensemble) else 1
+            return copies * sum(
                 4 * n_pos * n_alts * int(np.prod(self.model.output_axes[k].shape))
                 for k in self.picks
             )
@@ -638,7 +720,7 @@ def _make_run(job, model, source, positions, alts, labels, picks, sum_window):
             model, picks, job.tasks, sum_window, job.reduce, len(positions), len(alts)
         )
         run.settings = dict(positions=positions, alternatives=alts)
-        run.work = len(positions) * len(alts)
+        run.work = len(positions) * len(alts) * len(getattr(model, "members", [0]))
         return run
     if kind == "scan":
         if job.motifs:
@@ -817,6 +899,19 @@ def _resume_settings(job: IsmJob, results: ResultsFile) -> int:
     return int(how["seqs_per_batch"])
 
 
+def _check_rows_recorded(results: ResultsFile, meta: dict) -> None:
+    """A resumed run reads the rows the file's profile reducer read."""
+    for key in ("over", "around"):
+        have = results.f.attrs.get(key, "none")
+        want = meta.get(key)
+        want = "none" if want is None else json.dumps(want)
+        if str(have) != want:
+            raise InputError(
+                f"cannot resume '{results.path}': it was written with {key}={have}, "
+                f"this run has {want}; rerun with --force to start over"
+            )
+
+
 def _run_hdf5(
     run: _Run,
     meta: dict,
@@ -840,6 +935,7 @@ def _run_hdf5(
         )
         try:
             spb = _resume_settings(job, results)
+            _check_rows_recorded(results, meta)
         except BaseException:
             results.close()
             raise
@@ -1002,7 +1098,7 @@ def _runner(model, settings: dict):
     options = {k: settings[k] for k in ENGINE_KEYS}
     kind = settings["kind"]
     if kind == "ism":
-        run = IsmRun(
+        run = make_run(
             model,
             positions=settings["positions"],
             alternatives=settings["alternatives"],
@@ -1082,6 +1178,9 @@ def _score_batch(model, x, settings: dict, progress=False):
         values = None
         if kind == "scan" and settings["shuffle"]:
             values = batch_shuffles(x, settings)
+        rows = {}
+        if kind == "ism":
+            rows = dict(over=settings["over"], around=settings["around"])
         res = run(
             xm,
             progress=progress,
@@ -1090,6 +1189,7 @@ def _score_batch(model, x, settings: dict, progress=False):
             sum_over=settings["sum_window"],
             keep_outputs=False,
             values=values,
+            **rows,
         )
         picks = settings["picks"]
         return [res.score_reference[k] for k in picks], [res.scores[k] for k in picks]
@@ -1110,14 +1210,20 @@ def _score_batch(model, x, settings: dict, progress=False):
     return [res.objective[:, 0]], [res.objective], extra
 
 
-def _wanted_rows(model, picks, sum_window) -> dict[int, tuple[int, int]]:
+def _wanted_rows(
+    model, picks, sum_window, span=None, positions=None
+) -> dict[int, tuple[int, int]]:
     """Rows of profile outputs the scores read: with --sum-over, the summed
-    range. The planner skips the rest."""
+    range; for a profile reducer (``span``), the rows any mutated position
+    reads. The planner skips the rest."""
     rows = {}
+    seq_len = model.graph.input_specs[0].shape[0]
     for k, spec in enumerate(model.graph.output_specs):
         if len(spec.shape) != 2 or k not in picks:
             continue
-        if sum_window is not None:
+        if span is not None:
+            rows[k] = span.hull(positions, seq_len, spec.shape[0], spec.name)
+        elif sum_window is not None:
             end = spec.shape[0] if sum_window[1] is None else sum_window[1]
             rows[k] = (sum_window[0], end)
     return rows
@@ -1127,6 +1233,9 @@ def _scored(run: _Run, batches, bar, client=None):
     """``(idx, x, scored)`` per batch, in input order: in this process, or on
     the Dask ``client``'s workers (each makes the job's runner once)."""
     job, model = run.job, run.model
+    span = None
+    if run.kind == "ism" and job.reduce in PROFILE_REDUCERS:
+        span = profile_range(job.reduce, job.over, job.around)
     settings = dict(
         kind=run.kind,
         token=run.token,
@@ -1134,8 +1243,10 @@ def _scored(run: _Run, batches, bar, client=None):
         tasks=job.tasks,
         sum_window=run.sum_window,
         reduce=job.reduce,
+        over=job.over,
+        around=job.around,
         output_rows=(
-            _wanted_rows(model, run.picks, run.sum_window)
+            _wanted_rows(model, run.picks, run.sum_window, span, run.positions)
             if run.kind in ("ism", "scan")
             else None
         ),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,8 @@ from ismkernel.inputs import check_memory_budget, output_indices
 from ismkernel.io.genome import Genome, Variant, read_vcf, window_for
 from ismkernel.io.output import atomic_file
 from ismkernel.io.sequences import ALPHABET, encode
-from ismkernel.ir.shapes import infer_shape
-from ismkernel.ism import make_run
-from ismkernel.model import Model, _from_ir, _model_shape
+from ismkernel.ism import fix_length, make_run
+from ismkernel.model import Model, _from_ir
 from ismkernel.reduce import (
     FIELDS,
     PROFILE_REDUCERS,
@@ -237,7 +236,7 @@ def score_variants(
     length = int(length)
     if length < 1:
         raise InputError(f"length must be a positive integer, got {length}")
-    model = model.with_length(length)
+    model = fix_length(model, length)
     variants = vcf if isinstance(vcf, list) else read_vcf(vcf)
     genome = genome if isinstance(genome, Genome) else Genome(genome)
     center = length // 2
@@ -280,7 +279,7 @@ def score_variants(
         model = model.select_outputs([names[k] for k in output_indices(names, outputs)])
     picks = list(range(len(model.output_names)))
     window = parse_range(sum_over, "sum_over")
-    axes = _sized_axes(model, length)
+    axes = model.output_axes
     # A profile reducer reads whole outputs, choosing its channels itself.
     sel_tasks, sel_window = (None, None) if span else (tasks, window)
     for k in picks:  # the options fit every output, before any scoring
@@ -405,22 +404,6 @@ def score_variants(
             "n_skipped": int((~ok).sum()),
         },
     )
-
-
-def _sized_axes(model: Model | Ensemble, length: int) -> list:
-    """The model's output axes with the shapes its outputs have on windows
-    of ``length`` (a free-length model's say None)."""
-    graph = model.graph
-    shapes: dict[str, tuple] = {}
-    for name, node in graph.nodes.items():
-        if name in graph.inputs:
-            shapes[name] = (length,) + tuple(node.shape[1:])
-        else:
-            shapes[name] = infer_shape(node, [shapes[i] for i in node.inputs])
-    return [
-        replace(a, shape=_model_shape(shapes[o], perm))
-        for a, o, perm in zip(model.output_axes, graph.outputs, model.output_perms)
-    ]
 
 
 def _columns(res: VariantScores) -> list[tuple[str, np.ndarray]]:

@@ -3,6 +3,7 @@ runs them: subprocesses on the bundled example, interrupted and resumed."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -394,3 +395,72 @@ def test_plot_task_is_checked_against_the_output():
         _matrix(flat, "y", 0, 4)
     with pytest.raises(ismkernel.InputError, match="task must be a channel index"):
         ismkernel.plot_ism("x.h5", 0, "x.png", task="1")
+
+
+def _two_bpnets():
+    from conftest import fixture_path
+
+    return [fixture_path("bpnet_mini.k2.h5"), fixture_path("bpnet_mini.k3.keras")]
+
+
+def test_ensemble_with_a_profile_reducer_from_the_command_line(tmp_path, capsys):
+    from ismkernel.cli import main
+
+    a, b = _two_bpnets()
+    fasta = random_fasta(tmp_path / "in.fa", 3, 40, seed=2)
+    out = tmp_path / "o.h5"
+    args = ["ism", "--model", str(a), "--model", str(b), str(fasta), "-o", str(out)]
+    opts = ["--output", "profile", "--reduce", "max", "--around", "4", "--tasks", "1"]
+    assert main([*args, *opts, "-q"]) == 0, capsys.readouterr().err
+    res = load_results(out)
+    stored = res["outputs"]["profile"]
+    assert stored["axes"] == "seq,position,alternative,task,field"
+    assert res["attrs"]["model_file"] == "bpnet_mini.k2.h5,bpnet_mini.k3.keras"
+    assert res["attrs"]["around"] == 4
+    models = [ismkernel.load_model(p) for p in (a, b)]
+    api = ismkernel.ism(models=models, x=res["onehot"])
+    (want,) = api.reduce("max", outputs="profile", tasks=[1], around=4)
+    assert stored["scores"].shape == want.shape == (3, 40, 4, 1, 2)
+    np.testing.assert_allclose(stored["scores"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored["reference"], api.reference[0], rtol=1e-5)
+    # a resumed run must read the same rows
+    assert main([*args, *opts[:-4], "--around", "5", "--tasks", "1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "written with around=4, this run has 5" in err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--model", "B", "A", "IN"], "give the model as MODEL or with --model"),
+        (["--reduce", "delta", "--around", "3"], "over= and around= choose the rows"),
+        (["--reduce", "max"], "'counts' has shape \\(2,\\): choose a profile with"),
+        (["--reduce", "max", "--sum-over", "0:4"], "sum_over would sum away"),
+        (["--model", "BASSET"], "member 2 \\('basset_mini.k2.h5'\\) has inputs of"),
+    ],
+)
+def test_ensemble_and_profile_reducer_errors(tmp_path, capsys, extra, match):
+    from conftest import fixture_path
+
+    from ismkernel.cli import main
+
+    a, b = _two_bpnets()
+    fasta = random_fasta(tmp_path / "in.fa", 1, 40)
+    names = {"A": str(a), "B": str(b), "IN": str(fasta)}
+    names["BASSET"] = str(fixture_path("basset_mini.k2.h5"))
+    extra = [names.get(e, e) for e in extra]
+    head = ["ism", "--model", str(a), "--model", str(b)]
+    tail = [] if str(fasta) in extra else [str(fasta)]
+    assert main([*head, *extra, *tail, "-o", str(tmp_path / "o.h5"), "-q"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_ensembles_are_for_ism_and_variants(tmp_path, capsys):
+    from ismkernel.cli import main
+
+    a, b = _two_bpnets()
+    fasta = random_fasta(tmp_path / "in.fa", 1, 40)
+    args = ["scan", "--model", str(a), "--model", str(b), str(fasta)]
+    assert main([*args, "--occlude", "3", "-o", str(tmp_path / "o.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "an ensemble (--model given 2 times) scores ism and variants jobs" in err

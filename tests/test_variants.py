@@ -531,3 +531,34 @@ def test_dask_ensemble_equals_in_process(files, cluster):
     np.testing.assert_allclose(
         there.scores[0][..., 0], here.scores[0][..., 0], rtol=0, atol=1e-6
     )
+
+
+def test_variants_command_line_with_an_ensemble_and_spliceai_scores(files, capsys):
+    from conftest import fixture_path
+
+    from ismkernel.cli import main
+
+    a, b = fixture_path("bpnet_mini.k2.h5"), fixture_path("bpnet_mini.k3.keras")
+    out = files / "out.h5"
+    args = ["variants", "--model", str(a), "--model", str(b), "--vcf"]
+    args += [str(files / "variants.vcf"), "--genome", str(files / "genome.fa")]
+    opts = ["--output", "profile", "--reduce", "spliceai", "--tasks", "0,1"]
+    assert main([*args, "-o", str(out), *opts, "--around", "6", "-q"]) == 0
+    models = [ismkernel.load_model(p) for p in (a, b)]
+    api = score_variants(
+        models,
+        files / "variants.vcf",
+        files / "genome.fa",
+        outputs="profile",
+        reduce="spliceai",
+        tasks=[0, 1],
+        around=6,
+    )
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f.attrs["model_file"] == "bpnet_mini.k2.h5,bpnet_mini.k3.keras"
+        np.testing.assert_array_equal(f["outputs/profile/scores"][:], api.scores[0])
+    both = [*args[:1], str(a), *args[1:], "-o", str(out), "--force"]
+    assert main(both) == 2
+    assert "give the model as MODEL or with --model" in capsys.readouterr().err
