@@ -629,7 +629,10 @@ def run_job(job: IsmJob, client: Any = None) -> dict:
         "seqs_per_batch": spb,
         "batch_size": job.batch_size,
         "memory_budget": job.memory_budget,
-        "backend": job.backend or "auto",
+        # the backend that computes, not "auto", which may mean another one on
+        # the machine that resumes the file (a GPU's): batches of one file are
+        # computed alike
+        "backend": resolve_backend(job.backend or "auto"),
         "dtype": job.dtype,
         "outputs": [names[k] for k in picks],
         "kind": job.kind,

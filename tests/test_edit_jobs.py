@@ -299,3 +299,10 @@ def test_outputs_are_written_in_the_models_order_not_by_name(tmp_path):
         np.testing.assert_allclose(
             data["outputs"][name]["reference"], want.reference[k], rtol=1e-6
         )
+
+
+def test_a_file_records_the_backend_that_computed_not_auto(tmp_path):
+    from ismkernel.backends import resolve_backend
+
+    out = run_job(_job(tmp_path, "a.h5", positions="0:4"))["out"]
+    assert load_results(out)["attrs"]["backend"] == resolve_backend("auto")
