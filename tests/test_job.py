@@ -464,3 +464,29 @@ def test_ensembles_are_for_ism_and_variants(tmp_path, capsys):
     assert main([*args, "--occlude", "3", "-o", str(tmp_path / "o.h5")]) == 2
     err = capsys.readouterr().err
     assert "an ensemble (--model given 2 times) scores ism and variants jobs" in err
+
+
+def test_a_free_length_keras_model_from_the_command_line(tmp_path, capsys):
+    """A Keras Input(shape=(None, 4)) (as SpliceAI's): the job takes the
+    length from the sequences, and every output's shape with it."""
+    from conftest import fixture_path
+
+    from ismkernel.cli import main
+
+    model_file = fixture_path("free_length.k2.h5")
+    fasta = random_fasta(tmp_path / "in.fa", 2, 30, seed=3)
+    out = tmp_path / "o.h5"
+    assert main(["ism", str(model_file), str(fasta), "-o", str(out), "-q"]) == 0
+    res = load_results(out)
+    api = ismkernel.ism(ismkernel.load_model(model_file), res["onehot"])
+    for name, want in zip(api.output_names, api.reduce("delta")):
+        got = res["outputs"][name]["scores"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    profile = api.output_names[1]
+    out2 = tmp_path / "max.h5"
+    opts = ["--output", profile, "--reduce", "max", "--around", "2"]
+    assert main(["ism", str(model_file), str(fasta), "-o", str(out2), *opts]) == 0
+    got = load_results(out2)["outputs"][profile]["scores"]
+    np.testing.assert_allclose(
+        got, api.reduce("max", outputs=profile, around=2)[0], rtol=1e-5, atol=1e-6
+    )
