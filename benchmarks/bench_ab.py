@@ -6,7 +6,9 @@ builds the models once)::
 
     python benchmarks/bench_ab.py --base HEAD~3 --this HEAD --models basset-1000 bpnet-1000
 
-Both revisions are checked out in temporary git worktrees. Every timing is
+Both revisions are checked out in temporary git worktrees; the models are
+built by the base revision's ``benchmarks/models.py``, so both can run them.
+Every timing is
 a fresh process (``--worker``) that imports one side's ``ismkernel`` first on
 ``sys.path``, warms up (JIT, first calls), then times full ISM (every
 position, the three other bases) on the same sequences, best of
@@ -107,9 +109,6 @@ def main(argv=None) -> None:
         _worker(args)
         return
 
-    sys.path.insert(0, str(HERE))
-    import models
-
     rev = subprocess.run(
         ["git", "rev-parse", args.base], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -136,6 +135,12 @@ def main(argv=None) -> None:
                 capture_output=True,
             )
         try:
+            # The models as the base revision builds them, so both sides can
+            # run them (a later revision may read layers an earlier cannot).
+            sys.path.insert(0, str(sides["base"] / "benchmarks"))
+            import models
+
+            report["models_of"] = rev
             for name in args.models:
                 path = tmp / f"{name}.h5"
                 models.build(name).save(path)
