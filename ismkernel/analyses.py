@@ -31,7 +31,7 @@ from ismkernel.ism import EditRun, IsmResult, IsmRun
 from ismkernel.model import Model, _from_ir
 from ismkernel.plan import Edits
 from ismkernel.plan.pairs import independent_pairs
-from ismkernel.reduce import REDUCERS, parse_range, select_output
+from ismkernel.reduce import REDUCERS, parse_range, reducer_name, select_output
 
 __all__ = [
     "scan",
@@ -208,8 +208,8 @@ def scan(
     ScanResult
         Where a pattern equals the sequence's rows, the reference is copied.
     """
-    if reduce is not None and reduce not in REDUCERS:
-        raise InputError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
+    if reduce is not None:
+        reduce = reducer_name(reduce, REDUCERS)
     run = _ScanRun(_pick(model, x, outputs), patterns, starts, **ism_options)
     res = run(x, progress=progress)
     out = ScanResult(**{f: getattr(res, f) for f in res.__dataclass_fields__})
@@ -368,6 +368,8 @@ class PairwiseResult:
         The selection applied to every output (None: whole outputs).
     scores : list of ndarray or None
         Per output, ``reduce``'s per-pair score, ``(n_seqs, n_pairs, *sel)``.
+    seq_len : int
+        The mutated input's length (the size of :meth:`matrix`).
     """
 
     pairs: np.ndarray
@@ -382,6 +384,7 @@ class PairwiseResult:
     tasks: Any = None
     sum_over: Any = None
     scores: list[np.ndarray] | None = None
+    seq_len: int = 0
 
     def epistasis(self, k: int = 0) -> np.ndarray:
         """Output ``k``'s ``f(ij) - f(i) - f(j) + f(ref)`` per double mutant,
@@ -401,8 +404,7 @@ class PairwiseResult:
         """Output ``k``'s epistasis reduced over each pair's alternatives:
         ``max-abs`` (the largest magnitude) or ``l2`` (the L2 norm),
         ``(n_seqs, n_pairs, *out)``."""
-        if kind not in PAIR_REDUCERS:
-            raise InputError(f"reduce must be one of {PAIR_REDUCERS}, got {kind!r}")
+        kind = reducer_name(kind, PAIR_REDUCERS)
         eps = self.epistasis(k)
         if kind == "max-abs":
             return np.abs(eps).max(axis=(2, 3))
@@ -419,7 +421,7 @@ class PairwiseResult:
                 f"output {self.output_names[k]!r} has {score.shape[2]} values per "
                 "pair; choose one with tasks= (and sum_over= for a profile)"
             )
-        length = int(self.pairs.max()) + 1 if len(self.pairs) else 0
+        length = self.seq_len or (int(self.pairs.max()) + 1 if len(self.pairs) else 0)
         out = np.full((score.shape[0], length, length), np.nan, dtype=score.dtype)
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         out[:, i, j] = score[:, :, 0]
@@ -530,8 +532,8 @@ def pairwise(
     **ism_options
         As for :func:`ism`.
     """
-    if reduce is not None and reduce not in PAIR_REDUCERS:
-        raise InputError(f"reduce must be one of {PAIR_REDUCERS}, got {reduce!r}")
+    if reduce is not None:
+        reduce = reducer_name(reduce, PAIR_REDUCERS)
     run = Pairwise(
         model,
         positions=positions,
@@ -684,6 +686,7 @@ class Pairwise:
             stats=stats,
             tasks=tasks,
             sum_over=self.sum_over,
+            seq_len=seq.shape[1],
         )
 
 

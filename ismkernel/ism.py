@@ -37,6 +37,7 @@ from ismkernel.reduce import (
     profile_range,
     reduce_profile_outputs,
     reduce_scores,
+    reducer_name,
     select_output,
 )
 
@@ -56,13 +57,15 @@ ISM_REDUCERS = REDUCERS + PROFILE_REDUCERS
 
 def check_reduce(
     reduce: str | None, sum_over: Any = None, over: Any = None, around: Any = None
-) -> None:
-    """A reducer :func:`ism` knows, with options it takes."""
-    if reduce is not None and reduce not in ISM_REDUCERS:
-        raise InputError(f"reduce must be one of {ISM_REDUCERS}, got {reduce!r}")
+) -> str | None:
+    """``reduce`` as the name of a reducer :func:`ism` knows (see
+    :func:`~ismkernel.reduce.reducer_name`), with options it takes."""
+    if reduce is not None:
+        reduce = reducer_name(reduce, ISM_REDUCERS)
     check_profile_options(reduce, sum_over, over, around)
     if reduce in PROFILE_REDUCERS:
         profile_range(reduce, over, around)
+    return reduce
 
 
 @dataclass
@@ -155,8 +158,7 @@ class IsmResult:
         axis of fields, :data:`ismkernel.reduce.FIELDS` ``[kind]``
         (:func:`ismkernel.reduce.named_fields` names them).
         """
-        if kind not in ISM_REDUCERS:
-            raise InputError(f"reduce must be one of {ISM_REDUCERS}, got {kind!r}")
+        kind = reducer_name(kind, ISM_REDUCERS)
         check_profile_options(kind, sum_over, over, around)
         out = []
         if kind in PROFILE_REDUCERS:
@@ -311,7 +313,7 @@ def ism(
         precision=precision,
     )
     run = make_run(model, **options)
-    check_reduce(reduce, None, over, around)
+    reduce = check_reduce(reduce, None, over, around)
     if client is not None:
         members = model.members if isinstance(model, Ensemble) else [model]
         parts = []
@@ -502,7 +504,7 @@ class EditRun:
         rows the edits write for these sequences, in place of the plan's (see
         :func:`ismkernel.backends.engine.walk`)."""
         model, feeds, index, plan, rows = self.plan_for(x)
-        check_reduce(reduce, sum_over, over, around)
+        reduce = check_reduce(reduce, sum_over, over, around)
         seq_len = feeds[index].shape[1]
         if keep_outputs:
             sink = OutputSink(rows)
@@ -657,7 +659,7 @@ class EnsembleRun:
         """As :meth:`IsmRun.__call__`, on the members' mean outputs. With
         ``keep_outputs=False`` the scores are reduced from the means and the
         outputs then dropped."""
-        check_reduce(reduce, sum_over, over, around)
+        reduce = check_reduce(reduce, sum_over, over, around)
         if not keep_outputs and reduce is None:
             raise InputError("keep_outputs=False needs a reducer (reduce=...)")
         if values is not None:

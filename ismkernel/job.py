@@ -66,6 +66,7 @@ from ismkernel.reduce import (
     parse_range,
     profile_range,
     reduce_profile,
+    reducer_name,
     select_output,
 )
 
@@ -372,8 +373,8 @@ def _check_options(job: IsmJob) -> None:
     )
     if job.reduce is None:
         job.reduce = reducers[0] if job.kind == "pairwise" else "delta"
-    if job.kind != "design" and job.reduce not in reducers:
-        raise InputError(f"--reduce must be one of {reducers}, got {job.reduce!r}")
+    if job.kind != "design":
+        job.reduce = reducer_name(job.reduce, reducers, "--reduce")
     paths = _model_paths(job)
     if len(paths) > 1 and job.kind != "ism":
         raise InputError(

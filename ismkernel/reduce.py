@@ -47,6 +47,7 @@ gives NaN.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ from ismkernel.errors import InputError
 __all__ = [
     "REDUCERS",
     "PROFILE_REDUCERS",
+    "reducer_name",
     "FIELDS",
     "SPLICEAI_CHANNELS",
     "SPLICEAI_DISTANCE",
@@ -196,6 +198,32 @@ def select_output(
     return array
 
 
+#: Other spellings users type for a reducer, after lower-casing and ``_`` to ``-``.
+_REDUCER_ALIASES = {
+    "mean-centered": "mean-centred",
+    "maxabs": "max-abs",
+    "abs-max": "max-abs",
+    "log2-fc": "log2fc",
+    "l2-norm": "l2",
+}
+
+
+def reducer_name(kind: Any, choices: tuple[str, ...], argument: str = "reduce") -> str:
+    """``kind`` as one of ``choices``, accepting other case, ``_`` for ``-``
+    and the spellings in :data:`_REDUCER_ALIASES`; else an error naming
+    ``argument``, the choices and the nearest one."""
+    if isinstance(kind, str):
+        name = kind.strip().lower().replace("_", "-")
+        name = _REDUCER_ALIASES.get(name, name)
+        if name in choices:
+            return name
+        close = difflib.get_close_matches(name, choices, n=1)
+    else:
+        close = []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InputError(f"{argument} must be one of {choices}, got {kind!r}{hint}")
+
+
 def reduce_scores(
     mutant: Any, reference: Any, kind: str, name: str = "", overwrite: bool = False
 ) -> Any:
@@ -203,8 +231,7 @@ def reduce_scores(
     ``reference`` ``(n, *out)``. With ``overwrite``, ``mutant`` (a sink's own
     buffer) holds the intermediate results: the same operations in place, so
     the same bits, with no temporary of its size."""
-    if kind not in REDUCERS:
-        raise InputError(f"reduce must be one of {REDUCERS}, got {kind!r}")
+    kind = reducer_name(kind, REDUCERS)
     if kind == "raw":
         return mutant
     xp = _xp(mutant)
@@ -402,8 +429,7 @@ def reduce_profile(
     ndarray, shape (*lead_shape, *channels, 2) or (*lead_shape, 8)
         The fields :data:`FIELDS` ``[kind]`` along the last axis.
     """
-    if kind not in PROFILE_REDUCERS:
-        raise InputError(f"reduce must be one of {PROFILE_REDUCERS}, got {kind!r}")
+    kind = reducer_name(kind, PROFILE_REDUCERS)
     if axes.length is None:
         raise InputError(
             f"reduce={kind!r} needs a profile output with a length axis; output "
@@ -620,10 +646,7 @@ class ScoreSink:
         positions: Any = None,
         seq_len: int | None = None,
     ):
-        if kind not in REDUCERS + PROFILE_REDUCERS:
-            raise InputError(
-                f"reduce must be one of {REDUCERS + PROFILE_REDUCERS}, got {kind!r}"
-            )
+        kind = reducer_name(kind, REDUCERS + PROFILE_REDUCERS)
         self.kind = kind
         self.profile = kind in PROFILE_REDUCERS
         if self.profile:

@@ -42,11 +42,13 @@ from ismkernel.model import Model, _from_ir
 from ismkernel.reduce import (
     FIELDS,
     PROFILE_REDUCERS,
+    REDUCERS,
     check_profile_options,
     parse_range,
     profile_range,
     reduce_profile_outputs,
     reduce_scores,
+    reducer_name,
     select_output,
 )
 
@@ -203,6 +205,7 @@ def score_variants(
     ``progress``: called with the number of variants finished since its
     last call.
     """
+    reduce = reducer_name(reduce, REDUCERS + PROFILE_REDUCERS)
     if reduce not in VARIANT_REDUCERS:
         raise InputError(
             f"reduce={reduce!r} for variants: use one of {VARIANT_REDUCERS} (one "

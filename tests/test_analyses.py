@@ -200,6 +200,41 @@ def test_pairs_that_never_meet_are_not_computed_and_do_not_interact():
                     _assert_close(res.outputs[k][:, p_i, a, c], y, f"pair {i},{j}")
 
 
+def test_pair_reducers_and_matrix():
+    """``reduce`` (any spelling) is the epistasis's largest magnitude or L2
+    norm over each pair's alternatives; ``matrix`` lays a scalar score out
+    symmetrically over the whole sequence, NaN off the pairs."""
+    b = Builder(30, seed=3)
+    r = b.add(ops.Activation("relu"), [b.conv(b.seq, 5, 3)])
+    b.g.outputs = b.g.output_names = [b.add(ops.GlobalPool1D("sum"), [b.conv(r, 2, 3)])]
+    model = Model(b.g.finalize())
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(5).integers(0, 4, (2, 30))]
+    res = pairwise(model, x, positions=np.arange(3, 9), max_distance=2, tasks=[1])
+    eps = res.epistasis(0)
+    assert np.abs(eps).max() > 0
+    for kind, spelling, want in [
+        ("max-abs", "MAX_ABS", np.abs(eps).max(axis=(2, 3))),
+        ("l2", "L2", np.sqrt((eps * eps).sum(axis=(2, 3)))),
+    ]:
+        np.testing.assert_array_equal(res.reduce(kind), want)
+        again = pairwise(
+            model, x, positions=np.arange(3, 9), max_distance=2, tasks=[1],
+            reduce=spelling,
+        )  # fmt: skip
+        np.testing.assert_array_equal(again.scores[0], want)
+        m = again.matrix(kind=kind)
+        assert m.shape == (2, 30, 30)
+        for p_i, (i, j) in enumerate(res.pairs):
+            assert m[0, i, j] == m[0, j, i] == want[0, p_i, 0]
+        off = np.ones((30, 30), bool)
+        off[res.pairs[:, 0], res.pairs[:, 1]] = off[
+            res.pairs[:, 1], res.pairs[:, 0]
+        ] = 0
+        assert np.isnan(m[:, off]).all()
+    with pytest.raises(InputError, match="did you mean 'max-abs'"):
+        res.reduce("maxabs_")
+
+
 @pytest.mark.parametrize(
     "name", ["basset_mini.k2.h5", "bpnet_mini.k3.keras"], ids=lambda n: n
 )

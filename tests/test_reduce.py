@@ -111,6 +111,23 @@ def test_ism_reduce_argument_sets_scores():
         ismkernel.ism(model, x, reduce="zscore")
 
 
+def test_reducer_spellings_are_normalized_and_typos_named():
+    """Case, ``_`` for ``-`` and American spelling give the same reducer; a
+    typo is refused with the nearest name."""
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(2).integers(0, 4, (1, 20))]
+    model = _profile_model()
+    want = ismkernel.ism(model, x, reduce="mean-centred", backend="reference")
+    got = ismkernel.ism(model, x, reduce="Mean_Centered", backend="reference")
+    for a, b in zip(got.scores, want.scores):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(want.reduce("MEAN_CENTRED"), want.scores):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="did you mean 'delta'"):
+        ismkernel.ism(model, x, reduce="dleta")
+    with pytest.raises(InputError, match="reduce must be one of .* got 3"):
+        want.reduce(3)
+
+
 def test_channels_first_profile_axes_follow_the_model_layout():
     """ONNX outputs keep PyTorch's (C, L) layout; tasks and sum_over find the
     channel and length axes there."""
