@@ -285,7 +285,9 @@ def _scan(data, output, task, window, title):
             raise InputError("--region holds no window centre of this scan")
     centre, values = centre[keep], values[keep]
     labels = data["attrs"].get("patterns", "")
-    labels = json.loads(labels) if isinstance(labels, str) and labels else data["labels"]
+    labels = (
+        json.loads(labels) if isinstance(labels, str) and labels else data["labels"]
+    )
     onehot = np.asarray(data["onehot"])
     fig, (ax, strip) = _figure(
         min(40.0, max(7.0, 0.05 * onehot.shape[0] + 3)), 3.6, 2, [4, 0.35]
