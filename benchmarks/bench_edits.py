@@ -239,24 +239,27 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     small_net.n_outputs = small.outputs[0].shape[-1]
 
     every = args.peer_every
-    for width in (10, 100):
-        case = f"occlusion-{width}"
-        rows = np.zeros((width, 4), np.float32)
+
+    def scan_case(case, rows, peer_fn):
+        """Scans of ``rows`` at every start, checked against the reference at
+        the ends and the middle, then timed against tangermeme's ``peer_fn``
+        on every ``every``-th start."""
+        width = len(rows)
         starts = np.arange(seq_len - width + 1)
         check = starts[[0, len(starts) // 2, -1]]
         a = ismkernel.scan(model, x[:1], rows[None], starts=check)
         b = ismkernel.scan(model, x[:1], rows[None], starts=check, backend="reference")
         err = max(rel_err(u, v) for u, v in zip(a.outputs, b.outputs))
         assert err <= 1e-4, (case, err)
-        dt, _ = timed(lambda rows=rows: ismkernel.scan(model, x, rows[None]))
+        dt, _ = timed(lambda: ismkernel.scan(model, x, rows[None]))
         peer_dt, peer_b, sweep = peer_scan(
-            full_net, x, width, starts[::every], rows, "ablate", args.batches
+            full_net, x, width, starts[::every], rows, peer_fn, args.batches
         )
         peer_dt *= len(starts) / len(starts[::every])
         out["cases"][case] = dict(
             check_rel_err=err,
             seconds_per_seq=dt / args.n_seqs,
-            peer="tangermeme.ablate",
+            peer=f"tangermeme.{peer_fn}",
             peer_seconds_per_seq=peer_dt / args.n_seqs,
             peer_best_batch=peer_b,
             peer_sweep=sweep,
@@ -266,30 +269,9 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         )
         print(name, case, out["cases"][case]["ratio"], flush=True)
 
-    rows = motif_rows(AP1)
-    starts = np.arange(seq_len - len(AP1) + 1)
-    check = starts[[0, len(starts) // 2, -1]]
-    a = ismkernel.scan(model, x[:1], rows[None], starts=check)
-    b = ismkernel.scan(model, x[:1], rows[None], starts=check, backend="reference")
-    err = max(rel_err(u, v) for u, v in zip(a.outputs, b.outputs))
-    assert err <= 1e-4, ("motif", err)
-    dt, _ = timed(lambda: ismkernel.scan(model, x, rows[None]))
-    peer_dt, peer_b, sweep = peer_scan(
-        full_net, x, len(AP1), starts[::every], rows, "marginalize", args.batches
-    )
-    peer_dt *= len(starts) / len(starts[::every])
-    out["cases"]["motif"] = dict(
-        check_rel_err=err,
-        seconds_per_seq=dt / args.n_seqs,
-        peer="tangermeme.marginalize",
-        peer_seconds_per_seq=peer_dt / args.n_seqs,
-        peer_best_batch=peer_b,
-        peer_sweep=sweep,
-        peer_starts_timed=len(starts[::every]),
-        ratio=peer_dt / dt,
-        **ceiling(_ScanRun(model, rows[None], None), model, x),
-    )
-    print(name, "motif", out["cases"]["motif"]["ratio"], flush=True)
+    for width in (10, 100):
+        scan_case(f"occlusion-{width}", np.zeros((width, 4), np.float32), "ablate")
+    scan_case("motif", motif_rows(AP1), "marginalize")
 
     d = args.max_distance
     probe = [[0, 1], [seq_len // 2, seq_len // 2 + d], [seq_len - d - 1, seq_len - 1]]

@@ -8,6 +8,7 @@
 #
 # Needs numpy, scipy, numba, numba-cuda, cupy, h5py, threadpoolctl, tqdm and
 # pytest (PyTorch for the peer); ismkernel is imported from this checkout.
+# PYTHON names the interpreter (default: python on the PATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -16,7 +17,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The deadline: the script stops its steps at 330 s and is killed at 355 s,
 # so the whole run ends within six minutes whatever happens.
 timeout --signal=TERM --kill-after=5 355 \
-    python benchmarks/gpu_check.py --out "$OUT" --deadline 330 "$@" 2>&1 \
+    "${PYTHON:-python}" benchmarks/gpu_check.py --out "$OUT" --deadline 330 "$@" 2>&1 \
     | tee "$OUT/log.txt"
 status=${PIPESTATUS[0]}
 echo "gpu_check: exit $status; results in $OUT"

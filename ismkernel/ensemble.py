@@ -21,7 +21,7 @@ import numpy as np
 
 from ismkernel import config
 from ismkernel.errors import InputError, ShapeError
-from ismkernel.model import Model
+from ismkernel.model import Model, output_picks
 from ismkernel.reduce import OutputAxes
 
 __all__ = ["Ensemble", "as_model"]
@@ -146,13 +146,7 @@ class Ensemble:
     def select_outputs(self, outputs: list[str]) -> Ensemble:
         """Each member's outputs at the positions the first member's names
         ``outputs`` have."""
-        names = self.output_names
-        missing = [o for o in outputs if o not in names]
-        if missing or not outputs:
-            raise InputError(
-                f"outputs {missing or outputs} are not model outputs; outputs: {names}"
-            )
-        picks = [names.index(o) for o in outputs]
+        picks = output_picks(self.output_names, outputs)
         return Ensemble(
             [m.select_outputs([m.output_names[k] for k in picks]) for m in self.members]
         )

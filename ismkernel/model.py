@@ -19,6 +19,17 @@ from ismkernel.reduce import OutputAxes
 __all__ = ["Model", "load_model"]
 
 
+def output_picks(names: list[str], outputs: list[str]) -> list[int]:
+    """The indices in ``names`` (a model's outputs) of ``outputs``, which must
+    be a non-empty list of them."""
+    missing = [o for o in outputs if o not in names]
+    if missing or not outputs:
+        raise InputError(
+            f"outputs {missing or outputs} are not model outputs; outputs: {names}"
+        )
+    return [names.index(o) for o in outputs]
+
+
 class Model:
     """A model imported into the IR, runnable without any DL framework.
 
@@ -120,13 +131,7 @@ class Model:
     def select_outputs(self, outputs: list[str]) -> Model:
         """The same model with only ``outputs`` (names, in that order): nodes
         no kept output needs are dropped, so nothing computes them."""
-        names = self.output_names
-        missing = [o for o in outputs if o not in names]
-        if missing or not outputs:
-            raise InputError(
-                f"outputs {missing or outputs} are not model outputs; outputs: {names}"
-            )
-        picks = [names.index(o) for o in outputs]
+        picks = output_picks(self.output_names, outputs)
         g = self.graph
         graph = Graph(
             nodes=dict(g.nodes),

@@ -35,34 +35,9 @@ COLORS = {"A": "#109648", "C": "#255c99", "G": "#f7b32b", "T": "#d62839"}
 
 def _matrix(entry: dict, name: str, task: int | None, n_alts: int) -> np.ndarray:
     """Scores of one sequence as (n_positions, n_alts or 1)."""
-    scores = np.asarray(entry["scores"], dtype=np.float64)
     axes = str(entry["axes"]).split(",")[1:]  # drop "seq"
-    has_alt = "alternative" in axes
-    lead = 2 if has_alt else 1
-    tail = scores.shape[lead:]
-    tail_axes = axes[lead:]
-    if task is not None:
-        if "task" not in tail_axes:
-            raise InputError(
-                f"--task {task}: output '{name}' has no task axis (axes "
-                f"{','.join(tail_axes) or 'none'})"
-            )
-        axis = tail_axes.index("task")
-        n_tasks = tail[axis]
-        if not 0 <= task < n_tasks:
-            raise InputError(
-                f"--task {task} is out of range for output '{name}' with {n_tasks} "
-                f"task(s) (0..{n_tasks - 1})"
-            )
-        scores = np.take(scores, task, axis=lead + axis)
-        tail = scores.shape[lead:]
-        tail_axes = tail_axes[:axis] + tail_axes[axis + 1 :]
-    if int(np.prod(tail)) != 1:
-        raise InputError(
-            f"output '{name}' has {int(np.prod(tail))} values per mutant "
-            f"(axes {','.join(tail_axes)}); plot one with --task, after scoring a "
-            "profile output with --sum-over"
-        )
+    lead = 2 if "alternative" in axes else 1
+    scores = _scalar(entry, name, task, lead, unit="mutant")
     return scores.reshape(scores.shape[0], -1)
 
 
@@ -208,9 +183,12 @@ def plot_ism(
     return out
 
 
-def _scalar(entry: dict, name: str, task: int | None, lead: int) -> np.ndarray:
+def _scalar(
+    entry: dict, name: str, task: int | None, lead: int, unit: str = "edit"
+) -> np.ndarray:
     """Scores of one sequence with ``lead`` leading axes kept and the output's
-    own axes reduced to one value (by ``task``); ``(*lead axes,)``."""
+    own axes reduced to one value (by ``task``); ``(*lead axes,)``. ``unit``
+    names what a leading index is in the error message."""
     scores = np.asarray(entry["scores"], dtype=np.float64)
     axes = str(entry["axes"]).split(",")[1:]
     tail_axes, tail = axes[lead:], scores.shape[lead:]
@@ -231,7 +209,7 @@ def _scalar(entry: dict, name: str, task: int | None, lead: int) -> np.ndarray:
         tail_axes = tail_axes[:axis] + tail_axes[axis + 1 :]
     if int(np.prod(tail)) != 1:
         raise InputError(
-            f"output '{name}' has {int(np.prod(tail))} values per edit (axes "
+            f"output '{name}' has {int(np.prod(tail))} values per {unit} (axes "
             f"{','.join(tail_axes)}); plot one with --task, after scoring a profile "
             "output with --sum-over"
         )

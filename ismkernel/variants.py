@@ -358,29 +358,24 @@ def score_variants(
         ref[ok] = r_all[win_index[ok]]
         alt[ok] = m_all[win_index[ok], alt_index[ok]]
         if span is not None:
-            fields = reduce_profile_outputs(
-                np.zeros((1, 1, 1) + shape, np.float32),
-                np.zeros((1,) + shape, np.float32),
-                reduce,
-                axes[k],
-                span,
-                [center],
-                length,
-                tasks,
-            ).shape[3:]
-            score = np.full((n,) + fields, np.nan, dtype=np.float32)
-            if ok.any():
-                s = reduce_profile_outputs(
-                    alt[ok][:, None, None],
-                    ref[ok],
+
+            def profile(alt_rows, ref_rows, k=k):  # (variants, *fields)
+                return reduce_profile_outputs(
+                    alt_rows[:, None, None],
+                    ref_rows,
                     reduce,
                     axes[k],
                     span,
                     [center],
                     length,
                     tasks,
-                )
-                score[ok] = s[:, 0, 0]
+                )[:, 0, 0]
+
+            zeros = np.zeros((1,) + shape, np.float32)
+            fields = profile(zeros, zeros).shape[1:]
+            score = np.full((n,) + fields, np.nan, dtype=np.float32)
+            if ok.any():
+                score[ok] = profile(alt[ok], ref[ok])
         else:
             score = np.full((n,) + shape, np.nan, dtype=np.float32)
             if ok.any():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -39,6 +41,20 @@ def fixture_data(name: str) -> dict[str, np.ndarray]:
 def fixture_inputs(data: dict, kind: str) -> list[np.ndarray]:
     n = sum(1 for k in data if k.startswith(f"x_{kind}_"))
     return [data[f"x_{kind}_{j}"] for j in range(n)]
+
+
+def run_cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """``python -m ismkernel ARGS`` in a child process; with ``check``, a
+    non-zero exit fails with its standard error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ismkernel", *map(str, args)],
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
 
 
 def random_fasta(path, n: int, length: int, seed: int = 0):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gpu_check_runs_simulated(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path))
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     run = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--simulate", "--tiny"],

@@ -12,24 +12,12 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import random_fasta
+from conftest import random_fasta, run_cli
 
 import ismkernel
 from ismkernel.io.results import load_results
 from ismkernel.io.sequences import encode
 from ismkernel.job import EXAMPLE_FASTA, EXAMPLE_MODEL, IsmJob, run_job
-
-
-def _cli(*args, check=True, **kw):
-    proc = subprocess.run(
-        [sys.executable, "-m", "ismkernel", *map(str, args)],
-        capture_output=True,
-        text=True,
-        **kw,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def _example_x():
@@ -45,7 +33,7 @@ def _example_x():
 
 def test_example_end_to_end_matches_the_python_api(tmp_path):
     out = tmp_path / "ex.h5"
-    proc = _cli("ism", "--example", "-o", out)
+    proc = run_cli("ism", "--example", "-o", out)
     assert "8 sequence(s) scored" in proc.stderr
     assert proc.stdout == ""  # nothing but the summary, on stderr
     res = load_results(out)
@@ -69,7 +57,7 @@ def test_example_end_to_end_matches_the_python_api(tmp_path):
 
 def test_demo_writes_results_and_a_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    proc = _cli("demo", "--out-dir", tmp_path)
+    proc = run_cli("demo", "--out-dir", tmp_path)
     assert (tmp_path / "ismkernel-demo.h5").stat().st_size > 0
     png = tmp_path / "ismkernel-demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -96,7 +84,7 @@ def test_plot_files(tmp_path, suffix):
         IsmJob(EXAMPLE_MODEL, EXAMPLE_FASTA, str(out), quiet=True, positions="20:60")
     )
     fig = tmp_path / f"fig{suffix}"
-    _cli("plot", out, "--seq", "1", "-o", fig, "--region", "30:50")
+    run_cli("plot", out, "--seq", "1", "-o", fig, "--region", "30:50")
     assert fig.stat().st_size > 1000
 
 
@@ -112,7 +100,7 @@ def test_plot_errors(tmp_path):
         (("--seq", "0", "-o", tmp_path / "a.gif"), "must end in one of"),
         (("--seq", "0", "-o", tmp_path / "a.png", "--region", "50:60"), "holds none"),
     ]:
-        proc = _cli("plot", out, *args, check=False)
+        proc = run_cli("plot", out, *args, check=False)
         assert proc.returncode == 2 and match in proc.stderr, proc.stderr
 
 
@@ -125,7 +113,7 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
     common = ["--positions", "0:60", "--seqs-per-batch", "3", "-q"]
     common += ["--backend", "reference"]  # slow enough to be killed mid-run
     whole = tmp_path / "whole.h5"
-    _cli("ism", EXAMPLE_MODEL, fasta, "-o", whole, *common)
+    run_cli("ism", EXAMPLE_MODEL, fasta, "-o", whole, *common)
 
     cut = tmp_path / "cut.h5"
     proc = subprocess.Popen(
@@ -165,7 +153,7 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
     assert 0 < done.sum() < len(done)
 
     # The batch layout comes from the file: no --seqs-per-batch needed.
-    proc = _cli("ism", EXAMPLE_MODEL, fasta, "-o", cut, "--resume", *common[:2])
+    proc = run_cli("ism", EXAMPLE_MODEL, fasta, "-o", cut, "--resume", *common[:2])
     assert "already in the file" in proc.stderr
     a, b = load_results(whole), load_results(cut)
     assert b["done"].all()
@@ -176,9 +164,9 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
             )
     np.testing.assert_array_equal(a["onehot"], b["onehot"])
     # Resuming a finished file computes nothing.
-    proc = _cli("ism", EXAMPLE_MODEL, fasta, "-o", cut, "--resume", *common[:2])
+    proc = run_cli("ism", EXAMPLE_MODEL, fasta, "-o", cut, "--resume", *common[:2])
     assert "0 sequence(s) scored, 150 already in the file" in proc.stderr
-    proc = _cli(
+    proc = run_cli(
         "ism",
         EXAMPLE_MODEL,
         fasta,
@@ -196,12 +184,12 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
 def test_resume_refuses_another_run(tmp_path):
     out = tmp_path / "ex.h5"
     run_job(IsmJob(EXAMPLE_MODEL, EXAMPLE_FASTA, str(out), quiet=True))
-    proc = _cli(
+    proc = run_cli(
         "ism", "--example", "-o", out, "--reduce", "l2", "--resume", check=False
     )
     assert proc.returncode == 2
     assert "written with reduce='delta', this run has 'l2'" in proc.stderr
-    proc = _cli("ism", "--example", "-o", out, check=False)
+    proc = run_cli("ism", "--example", "-o", out, check=False)
     assert "exists; pass --resume" in proc.stderr
 
 
@@ -237,13 +225,13 @@ def test_ctrl_c_leaves_a_resumable_file(tmp_path):
     assert "interrupted" in err
     with h5py.File(out, "r") as f:
         assert 0 < f["done"][:].sum() < 60
-    _cli("ism", *args, "--resume")
+    run_cli("ism", *args, "--resume")
     assert load_results(out)["done"].all()
 
 
 def test_npz_for_tf_modisco(tmp_path):
     out = tmp_path / "ex.npz"
-    _cli(
+    run_cli(
         "ism",
         "--example",
         "-o",
@@ -280,14 +268,14 @@ def test_npz_for_tf_modisco(tmp_path):
 )
 def test_bad_options_are_clear(tmp_path, args, match):
     out = tmp_path / ("o.npz" if "npz" in args else "o.h5")
-    proc = _cli("ism", "--example", "-o", out, *args, check=False)
+    proc = run_cli("ism", "--example", "-o", out, *args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr
 
 
 def test_options_shape_the_file(tmp_path):
     out = tmp_path / "o.h5"
-    _cli(
+    run_cli(
         "ism",
         "--example",
         "-o",
@@ -312,9 +300,9 @@ def test_options_shape_the_file(tmp_path):
 def test_wrong_length_fasta_and_center(tmp_path):
     fasta = tmp_path / "short.fa"
     fasta.write_text(">a\n" + "ACGT" * 40 + "\n")
-    proc = _cli("ism", EXAMPLE_MODEL, fasta, "-o", tmp_path / "o.h5", check=False)
+    proc = run_cli("ism", EXAMPLE_MODEL, fasta, "-o", tmp_path / "o.h5", check=False)
     assert "has length 160 but the model takes 200; pass --center" in proc.stderr
-    _cli("ism", EXAMPLE_MODEL, fasta, "-o", tmp_path / "o.h5", "--center", "-q")
+    run_cli("ism", EXAMPLE_MODEL, fasta, "-o", tmp_path / "o.h5", "--center", "-q")
     res = load_results(tmp_path / "o.h5")
     np.testing.assert_array_equal(res["onehot"][0, :20], np.zeros((20, 4)))
 
@@ -324,7 +312,7 @@ def test_onnx_model_from_the_command_line(tmp_path):
 
     fasta = random_fasta(tmp_path / "in.fa", 3, 64)
     out = tmp_path / "o.h5"
-    _cli(
+    run_cli(
         "ism",
         ONNX_FIXTURES / "bpnet.onnx",
         fasta,
@@ -349,7 +337,7 @@ def test_sum_over_computes_only_the_summed_rows_and_matches_the_api(tmp_path):
     fasta = random_fasta(tmp_path / "in.fa", 2, 64, seed=1)
     out = tmp_path / "o.h5"
     model_file = ONNX_FIXTURES / "bpnet.onnx"
-    _cli(
+    run_cli(
         "ism",
         model_file,
         fasta,

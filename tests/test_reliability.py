@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import random_fasta
+from conftest import random_fasta, run_cli
 
 import ismkernel
 from ismkernel.cli import main
@@ -35,18 +35,6 @@ N_SEQS = 30
 COMMON = ["--positions", "0:40", "--seqs-per-batch", "2", "-q"]
 LOCKED = "is being written by another ismkernel run (process"
 LOCKED_RE = re.escape(LOCKED)
-
-
-def _cli(*args, check=True, **kw):
-    proc = subprocess.run(
-        [sys.executable, "-m", "ismkernel", *map(str, args)],
-        capture_output=True,
-        text=True,
-        **kw,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def _start(*args):
@@ -92,7 +80,7 @@ def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("reliability")
     fasta = random_fasta(d / "in.fa", N_SEQS, 200, seed=7)
     start = time.perf_counter()
-    _cli("ism", EXAMPLE_MODEL, fasta, "-o", d / "whole.h5", *COMMON)
+    run_cli("ism", EXAMPLE_MODEL, fasta, "-o", d / "whole.h5", *COMMON)
     seconds = time.perf_counter() - start
     return {
         "dir": d,
@@ -122,7 +110,9 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, work, seed):
         proc.wait()
         if out.exists():
             _assert_valid_prefix(out, work["expected"])
-        proc = _cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *COMMON, "--resume")
+        proc = run_cli(
+            "ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *COMMON, "--resume"
+        )
         _assert_same(work["expected"], load_results(out))
         assert not Path(f"{out}.tmp").exists()
         assert not Path(f"{out}.lock").exists()
@@ -132,7 +122,7 @@ def test_kill_9_during_force_keeps_the_old_result(tmp_path, work):
     """An interrupted --force run leaves the old file byte for byte; its
     partial file is valid, and --resume finishes it and replaces the old."""
     old = tmp_path / "old.h5"
-    _cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", old, *COMMON, "--reduce", "raw")
+    run_cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", old, *COMMON, "--reduce", "raw")
     before = _digest(old)
     rng = np.random.default_rng(11)
     for delay in (0.01, rng.uniform(0.3, 1.0) * work["seconds"]):
@@ -151,12 +141,12 @@ def test_kill_9_during_force_keeps_the_old_result(tmp_path, work):
         assert _digest(out) == before, "the old result was touched"
         if partial.exists():
             _assert_valid_prefix(partial, work["expected"])
-            proc = _cli(
+            proc = run_cli(
                 "ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *COMMON[:4], "--resume"
             )
             assert f"(continued '{partial}')" in proc.stderr
         else:  # killed before it wrote anything: start over
-            _cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *COMMON, "--force")
+            run_cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *COMMON, "--force")
         assert not partial.exists()
         _assert_same(work["expected"], load_results(out))
 
@@ -216,7 +206,7 @@ def test_a_second_run_cannot_touch_a_file_being_written(tmp_path, work):
         assert first.poll() is None, "the first run ended before the second began"
         size, before = out.stat().st_size, _digest(out)
         for extra in (["--force"], ["--resume"]):
-            proc = _cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *args, *extra,
+            proc = run_cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *args, *extra,
                         check=False)  # fmt: skip
             assert proc.returncode == 2
             assert f"{LOCKED} {first.pid} on " in proc.stderr, proc.stderr
@@ -547,7 +537,7 @@ def test_full_tmpfs(tmp_path):
     assert lines[5] == "0", lines
     ref = tmp_path / "ref.h5"
     assert "already in the file" in lines[6], lines
-    _cli("ism", EXAMPLE_MODEL, small, "-o", ref, "--backend", "reference",
+    run_cli("ism", EXAMPLE_MODEL, small, "-o", ref, "--backend", "reference",
          "--seqs-per-batch", "1", "--positions", "0:40", "-q")  # fmt: skip
     _assert_same(load_results(ref), load_results(str(report) + ".h5"))
 

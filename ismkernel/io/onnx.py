@@ -599,18 +599,21 @@ def _conv_padding(left: int, right: int, span: int, stride: int):
     return (left, right)
 
 
-@_handles("Conv")
-def _conv(imp: _Importer, inputs, attrs):
+def _conv_operands(imp: _Importer, inputs, op_type: str, what: str):
+    """A Conv's or ConvTranspose's input as a sequence, its weight as
+    ``(out or in channels, channels per group, K)``, the ONNX spatial rank
+    and the length axis among the spatial ones: 1-D, or 2-D with the kernel
+    of 1 on the size-1 axis."""
     x = imp.tensor(inputs[0])
     w = imp.need_const(inputs[1], "weight")
     if w.ndim not in (3, 4):
         raise imp.unsupported(
-            f"weight of shape {w.shape}: only 1-D convolution (or 2-D with a "
+            f"weight of shape {w.shape}: only 1-D {what} (or 2-D with a "
             "kernel of 1 on a size-1 axis) is supported"
         )
     n = w.ndim - 2
     x = imp.as_sequence(x)
-    axis = imp.need_sequence(x, "Conv", n)
+    axis = imp.need_sequence(x, op_type, n)
     if n == 2:
         if w.shape[2 + 1 - axis] != 1:
             raise imp.unsupported(
@@ -618,6 +621,12 @@ def _conv(imp: _Importer, inputs, attrs):
                 "along the length axis are supported"
             )
         w = w.reshape(w.shape[0], w.shape[1], w.shape[2 + axis])
+    return x, w, n, axis
+
+
+@_handles("Conv")
+def _conv(imp: _Importer, inputs, attrs):
+    x, w, n, axis = _conv_operands(imp, inputs, "Conv", "convolution")
     n_filters, cin_g, k = w.shape
     stride = _single(imp, attrs, "strides", 1, n, axis)
     dilation = _single(imp, attrs, "dilations", 1, n, axis)
@@ -651,23 +660,9 @@ def _conv_transpose(imp: _Importer, inputs, attrs):
     and a Conv1D with the kernel reversed (``ismkernel.io.transposed``); pads
     and ``output_shape`` as the ONNX specification and its reference
     implementation define them (SAME_UPPER puts the odd extra pad at the end)."""
-    x = imp.tensor(inputs[0])
-    w = imp.need_const(inputs[1], "weight")
-    if w.ndim not in (3, 4):
-        raise imp.unsupported(
-            f"weight of shape {w.shape}: only 1-D transposed convolution (or 2-D "
-            "with a kernel of 1 on a size-1 axis) is supported"
-        )
-    n = w.ndim - 2
-    x = imp.as_sequence(x)
-    axis = imp.need_sequence(x, "ConvTranspose", n)
-    if n == 2:
-        if w.shape[2 + 1 - axis] != 1:
-            raise imp.unsupported(
-                f"weight of shape {w.shape} spans the size-1 axis; only kernels "
-                "along the length axis are supported"
-            )
-        w = w.reshape(w.shape[0], w.shape[1], w.shape[2 + axis])
+    x, w, n, axis = _conv_operands(
+        imp, inputs, "ConvTranspose", "transposed convolution"
+    )
     n_channels, filters_per_group, k = (int(d) for d in w.shape)
     kernel_shape = attrs.get("kernel_shape")
     if kernel_shape is not None and [int(v) for v in kernel_shape][axis] != k:
