@@ -1,6 +1,8 @@
-"""Print a Markdown table of the CPU benchmark results in benchmarks/results/.
+"""Print Markdown tables of the benchmark results in benchmarks/results/:
+full ISM (``cpu-*.json``), or with ``--edits`` the window scans, pairs and
+design rounds (``edits-*.json``).
 
-python benchmarks/table.py
+python benchmarks/table.py [--edits]
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ def rows() -> list[str]:
     return out + ([""] + notes if notes else [])
 
 
+def edit_rows() -> list[str]:
+    out = [
+        "| model | case | ismkernel s/seq | peer | peer s/seq (batch) | vs peer "
+        "| FLOP ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("edits-*.json")):
+        for m in json.loads(path.read_text())["models"]:
+            for case, c in m["cases"].items():
+                out.append(
+                    f"| {m['model']} | {case} | {c['seconds_per_seq']:.2f} "
+                    f"| {c['peer']} | {c['peer_seconds_per_seq']:.1f} "
+                    f"({c['peer_best_batch']}) | {c['ratio']:.1f}x "
+                    f"| {c['ceiling']:.1f}x |"
+                )
+    return out
+
+
 if __name__ == "__main__":
-    print("\n".join(rows()))
+    print("\n".join(edit_rows() if "--edits" in sys.argv[1:] else rows()))
     sys.exit(0)
