@@ -37,31 +37,44 @@ from ismkernel.variants import score_variants  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def write_fasta(contigs: dict[str, str], path: Path) -> Path:
+    """``contigs`` (name: bases) as a FASTA file of 80-column lines."""
+    with open(path, "w") as f:
+        for name, seq in contigs.items():
+            f.write(f">{name}\n")
+            for i in range(0, len(seq), 80):
+                f.write(seq[i : i + 80] + "\n")
+    return path
+
+
+def write_snvs(
+    contigs: dict[str, str], n_variants: int, margin: int, rng, path: Path
+) -> Path:
+    """``n_variants`` random SNVs of ``contigs``, each at least ``margin``
+    from a contig's ends, as a sorted VCF."""
+    names = list(contigs)
+    rows = []
+    for i in range(n_variants):
+        chrom = names[rng.integers(len(names))]
+        pos = int(rng.integers(margin, len(contigs[chrom]) - margin))
+        ref = contigs[chrom][pos - 1]
+        alt = rng.choice([b for b in "ACGT" if b != ref])
+        rows.append((chrom, pos, f"v{i}", ref, alt))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    with open(path, "w") as f:
+        f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n")
+        for r in rows:
+            f.write("\t".join(map(str, r)) + "\n")
+    return path
+
+
 def write_genome(workdir: Path, n_variants: int, seq_len: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     contigs = {
         f"chr{i + 1}": "".join(rng.choice(list("ACGT"), 200_000)) for i in range(3)
     }
-    fa = workdir / "genome.fa"
-    with open(fa, "w") as f:
-        for name, seq in contigs.items():
-            f.write(f">{name}\n")
-            for i in range(0, len(seq), 80):
-                f.write(seq[i : i + 80] + "\n")
-    vcf = workdir / "variants.vcf"
-    names = list(contigs)
-    with open(vcf, "w") as f:
-        f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n")
-        rows = []
-        for i in range(n_variants):
-            chrom = names[rng.integers(len(names))]
-            pos = int(rng.integers(seq_len, len(contigs[chrom]) - seq_len))
-            ref = contigs[chrom][pos - 1]
-            alt = rng.choice([b for b in "ACGT" if b != ref])
-            rows.append((chrom, pos, f"v{i}", ref, alt))
-        rows.sort(key=lambda r: (r[0], r[1]))
-        for r in rows:
-            f.write("\t".join(map(str, r)) + "\n")
+    fa = write_fasta(contigs, workdir / "genome.fa")
+    vcf = write_snvs(contigs, n_variants, seq_len, rng, workdir / "variants.vcf")
     return fa, vcf
 
 

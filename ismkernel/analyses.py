@@ -364,12 +364,12 @@ class PairwiseResult:
         Pairs the plan proves never interact (their changes never meet at an
         op that is not affine): their double mutants are ``f(i) + f(j) -
         f(ref)``, not computed, and their epistasis is exactly zero.
+    seq_len : int
+        The mutated input's length (the size of :meth:`matrix`).
     tasks, sum_over
         The selection applied to every output (None: whole outputs).
     scores : list of ndarray or None
         Per output, ``reduce``'s per-pair score, ``(n_seqs, n_pairs, *sel)``.
-    seq_len : int
-        The mutated input's length (the size of :meth:`matrix`).
     """
 
     pairs: np.ndarray
@@ -378,13 +378,13 @@ class PairwiseResult:
     singles: list[np.ndarray]
     reference: list[np.ndarray]
     independent: np.ndarray
+    seq_len: int
     output_names: list[str] = field(default_factory=list)
     backend: str = ""
     stats: dict = field(default_factory=dict)
     tasks: Any = None
     sum_over: Any = None
     scores: list[np.ndarray] | None = None
-    seq_len: int = 0
 
     def epistasis(self, k: int = 0) -> np.ndarray:
         """Output ``k``'s ``f(ij) - f(i) - f(j) + f(ref)`` per double mutant,
@@ -421,8 +421,8 @@ class PairwiseResult:
                 f"output {self.output_names[k]!r} has {score.shape[2]} values per "
                 "pair; choose one with tasks= (and sum_over= for a profile)"
             )
-        length = self.seq_len or (int(self.pairs.max()) + 1 if len(self.pairs) else 0)
-        out = np.full((score.shape[0], length, length), np.nan, dtype=score.dtype)
+        n = self.seq_len
+        out = np.full((score.shape[0], n, n), np.nan, dtype=score.dtype)
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         out[:, i, j] = score[:, :, 0]
         out[:, j, i] = score[:, :, 0]

@@ -207,7 +207,7 @@ def test_a_second_run_cannot_touch_a_file_being_written(tmp_path, work):
         size, before = out.stat().st_size, _digest(out)
         for extra in (["--force"], ["--resume"]):
             proc = run_cli("ism", EXAMPLE_MODEL, work["fasta"], "-o", out, *args, *extra,
-                        check=False)  # fmt: skip
+                           check=False)  # fmt: skip
             assert proc.returncode == 2
             assert f"{LOCKED} {first.pid} on " in proc.stderr, proc.stderr
             assert out.stat().st_size == size and _digest(out) == before
@@ -538,7 +538,7 @@ def test_full_tmpfs(tmp_path):
     ref = tmp_path / "ref.h5"
     assert "already in the file" in lines[6], lines
     run_cli("ism", EXAMPLE_MODEL, small, "-o", ref, "--backend", "reference",
-         "--seqs-per-batch", "1", "--positions", "0:40", "-q")  # fmt: skip
+            "--seqs-per-batch", "1", "--positions", "0:40", "-q")  # fmt: skip
     _assert_same(load_results(ref), load_results(str(report) + ".h5"))
 
 
